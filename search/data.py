@@ -1,0 +1,197 @@
+"""Datasets: find and read them, pool the official train and test sets, slice, split, unbalance.
+
+Everything here is numpy only (no Keras import) so that the coordinating
+process stays light.  Images come back as uint8 in their native shape:
+(N, 28, 28) for Fashion-MNIST, (N, 32, 32, 3) for CIFAR-10; features.py makes
+them backbone inputs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from search.errors import DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+)
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Official train and test sets concatenated, in that order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str  # where the files were read from, or "keras download"
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images).data)
+        h.update(self.labels.astype(np.int64).data)
+        return h.hexdigest()[:16]
+
+
+def keras_home() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise DataError(f"{path}: damaged IDX file ({len(data) - offset} bytes of data, expected {expected})")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _read_fashion_dir(d: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        xtr, ytr, xte, yte = (_read_idx(d / f) for f in FASHION_FILES)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{d}: cannot read Fashion-MNIST files: {e}") from None
+    return np.concatenate([xtr, xte]), np.concatenate([ytr, yte]).astype(np.int64)
+
+
+def _download_fashion() -> tuple[np.ndarray, np.ndarray]:
+    import keras
+
+    (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
+    return np.concatenate([xtr, xte]), np.concatenate([ytr, yte]).astype(np.int64)
+
+
+def load_fashion_mnist(data_dir: Path | None) -> Pooled:
+    places = ([data_dir] if data_dir else []) + [DEBIAN_FASHION_MNIST, keras_home() / "datasets" / "fashion-mnist"]
+    return _first_found("fashion_mnist", places, FASHION_FILES, _read_fashion_dir, _download_fashion,
+                        "apt-get install dataset-fashion-mnist, or pass --data-dir DIR holding "
+                        + ", ".join(FASHION_FILES))
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+def _read_cifar_dir(d: Path) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for name in CIFAR_FILES:
+        try:
+            with open(d / name, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            y = np.asarray(batch[b"labels"], dtype=np.int64)
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise DataError(f"{d / name}: cannot read CIFAR-10 batch: {e}") from None
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _download_cifar() -> tuple[np.ndarray, np.ndarray]:
+    import keras
+
+    (xtr, ytr), (xte, yte) = keras.datasets.cifar10.load_data()
+    return np.concatenate([xtr, xte]), np.concatenate([ytr, yte]).reshape(-1).astype(np.int64)
+
+
+def load_cifar10(data_dir: Path | None) -> Pooled:
+    cache = keras_home() / "datasets"
+    places = []
+    if data_dir:
+        places += [data_dir, data_dir / "cifar-10-batches-py"]
+    places += [cache / "cifar-10-batches-py-target" / "cifar-10-batches-py", cache / "cifar-10-batches-py"]
+    return _first_found("cifar10", places, CIFAR_FILES, _read_cifar_dir, _download_cifar,
+                        "pass --data-dir DIR holding the extracted cifar-10-batches-py folder "
+                        "(from cifar-10-python.tar.gz)")
+
+
+def _first_found(name: str, places: list[Path], files: tuple[str, ...],
+                 read: Callable[[Path], tuple[np.ndarray, np.ndarray]],
+                 download: Callable[[], tuple[np.ndarray, np.ndarray]], how: str) -> Pooled:
+    for d in places:
+        if all((d / f).is_file() for f in files):
+            x, y = read(d)
+            return Pooled(x, y, str(d))
+    if os.environ.get("SEARCH_OFFLINE") != "1":
+        try:
+            x, y = download()
+            return Pooled(x, y, "keras download")
+        except Exception as e:  # any network or extraction failure means "not available"
+            reason = f"Keras download failed ({type(e).__name__})"
+    else:
+        reason = "downloads disabled by SEARCH_OFFLINE=1"
+    looked = ", ".join(str(p) for p in places)
+    raise DataError(f"{name} not found (looked in {looked}; {reason}): {how}")
+
+
+DATASETS: dict[str, Callable[[Path | None], Pooled]] = {
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+}
+
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+def load_pooled(name: str, data_dir: Path | None = None, subset: int = 0, seed: int = 0) -> Pooled:
+    """The pooled dataset, or a stratified seeded slice of ``subset`` images of it."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if data_dir is not None and not data_dir.is_dir():
+        raise DataError(f"--data-dir: {data_dir} is not a directory")
+    pooled = DATASETS[name](data_dir)
+    if subset:
+        if subset >= len(pooled.labels):
+            raise DataError(f"dataset.subset: {subset} is not below the {len(pooled.labels)} images of {name}")
+        idx, _ = split_indices(pooled.labels, subset / len(pooled.labels), seed)
+        idx = np.sort(idx)
+        pooled = Pooled(pooled.images[idx], pooled.labels[idx], pooled.source)
+    return pooled
+
+
+# ---------------------------------------------------------------- splits and balance
+
+def split_indices(labels: np.ndarray, train_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded train/test split of ``range(len(labels))``."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    train, test = train_test_split(idx, train_size=train_ratio, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(test)
+
+
+def imbalance(train_idx: np.ndarray, labels: np.ndarray, classes: tuple[int, ...],
+              fraction: float, seed: int) -> np.ndarray:
+    """Drop ``round(fraction * n_c)`` training samples of each class c in ``classes`` (the paper's imbalance)."""
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(train_idx), dtype=bool)
+    train_labels = labels[train_idx]
+    for c in classes:
+        pos = np.flatnonzero(train_labels == c)
+        n_drop = int(round(fraction * len(pos)))
+        keep[rng.choice(pos, size=n_drop, replace=False)] = False
+    return train_idx[keep]
+
+
+def class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
+    return np.bincount(labels, minlength=n_classes).tolist()

@@ -1,0 +1,61 @@
+"""The one error hierarchy of the service.
+
+Every error a user can cause or meet carries the exit code the CLI returns:
+2 for usage and configuration mistakes, 1 for failures at run time.  The CLI
+prints ``str(error)`` on one line; tracebacks only with ``--debug``.
+"""
+
+
+class SearchError(Exception):
+    """Base class: a failure the CLI reports in one line."""
+
+    exit_code = 1
+
+
+class UsageError(SearchError):
+    """A bad flag, an unknown study, a malformed storage URL."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A study config that does not validate; the message names file and field."""
+
+
+class DriftError(UsageError):
+    """Resuming a study with a config, data or weights other than it was created with."""
+
+
+class DataError(SearchError):
+    """A dataset that cannot be found or read."""
+
+
+class WeightsError(SearchError):
+    """Backbone weights that cannot be had (offline ImageNet, missing file)."""
+
+
+class CacheError(SearchError):
+    """The feature cache cannot be written (disk full, read-only)."""
+
+
+class StorageError(SearchError):
+    """The Optuna storage cannot be opened or written."""
+
+
+class TrialFailed(SearchError):
+    """One trial failed; the study records the reason and goes on."""
+
+
+class TooManyFailures(SearchError):
+    """Consecutive trial failures reached the configured limit."""
+
+
+class Interrupted(SearchError):
+    """SIGINT or SIGTERM arrived; exit code follows the shell's 128 + signal."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

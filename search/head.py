@@ -1,0 +1,93 @@
+"""The trainable head: Dense(units, ReLU, L1/L2) -> Dropout -> Dense(classes, softmax), trained with Adam.
+
+The head is the same Keras model whether it sits on cached features or on top
+of the frozen backbone (``full_model``), which is what makes the cache a pure
+speed-up: same seed, same weights, same batches, same predictions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from search.errors import TrialFailed
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    units: int
+    dropout: float
+    l1: float
+    l2: float
+    learning_rate: float
+    batch_size: int
+    epochs: int
+
+
+def build_head(n_features: int, n_classes: int, p: HeadParams, seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    reg = keras.regularizers.L1L2(l1=p.l1, l2=p.l2) if (p.l1 or p.l2) else None
+    return keras.Sequential([
+        keras.Input((n_features,)),
+        keras.layers.Dense(p.units, activation="relu", kernel_regularizer=reg),
+        keras.layers.Dropout(p.dropout, seed=seed),
+        keras.layers.Dense(n_classes, activation="softmax"),
+    ], name="head")
+
+
+def full_model(backbone, head):
+    """Backbone in the loop: what a trial would cost without the feature cache."""
+    import keras
+
+    inputs = keras.Input(backbone.input_shape[1:])
+    return keras.Model(inputs, head(backbone(inputs, training=False)), name="full")
+
+
+def compile_model(model, p: HeadParams) -> None:
+    import keras
+
+    # Sparse labels give the same loss as one-hot categorical cross-entropy without the one-hot copy.
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
+                  loss="sparse_categorical_crossentropy")
+
+
+def fit(model, x: np.ndarray, y: np.ndarray, p: HeadParams, seed: int,
+        on_epoch: Callable[[int, float], None] = lambda epoch, loss: None) -> float:
+    """Train ``model`` in place; return wall seconds.  A NaN/inf loss fails the trial."""
+    import keras
+
+    class _Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            on_epoch(epoch + 1, float((logs or {}).get("loss", float("nan"))))
+
+    compile_model(model, p)
+    keras.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    history = model.fit(x, y, batch_size=p.batch_size, epochs=p.epochs, shuffle=True, verbose=0,
+                        callbacks=[keras.callbacks.TerminateOnNaN(), _Report()])
+    elapsed = time.perf_counter() - start
+    losses = history.history.get("loss", [])
+    bad = [i + 1 for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad or len(losses) < p.epochs:
+        raise TrialFailed(f"training loss became NaN/inf at epoch {bad[0] if bad else len(losses)}")
+    return elapsed
+
+
+def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, p: HeadParams, seed: int,
+               on_epoch: Callable[[int, float], None] = lambda epoch, loss: None):
+    """Build and train a head on features ``x``; return (model, train seconds)."""
+    model = build_head(x.shape[1], n_classes, p, seed)
+    return model, fit(model, x, y, p, seed, on_epoch)
+
+
+def predict(model, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, float]:
+    """Class probabilities and wall seconds."""
+    start = time.perf_counter()
+    proba = model.predict(x, batch_size=batch_size, verbose=0)
+    return np.asarray(proba, dtype=np.float64), time.perf_counter() - start

@@ -1,0 +1,104 @@
+"""The Optuna objective: suggest -> run the trial in a fresh process -> record -> return objective values.
+
+The objective runs in the coordinating process; the trial itself (trial.py)
+runs in a child process via isolate.py, so each trial's memory and crashes
+are its own.  Every measure that is not an objective is stored as a user
+attribute of the trial.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import psutil
+
+from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
+from search.errors import TrialFailed
+from search.isolate import Event, run_isolated
+
+OWNER_ATTR = "search:owner"
+
+
+@dataclass(frozen=True)
+class Context:
+    config: StudyConfig
+    cache_dir: Path
+    cache_key: str
+    n_classes: int
+    target: int
+    debug: bool = False
+
+
+def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, d in config.search_space.items():
+        if isinstance(d, FloatDist):
+            out[name] = trial.suggest_float(name, d.low, d.high, log=d.log, step=d.step)
+        elif isinstance(d, IntDist):
+            out[name] = trial.suggest_int(name, d.low, d.high, log=d.log, step=d.step)
+        else:
+            assert isinstance(d, CategoricalDist)
+            out[name] = trial.suggest_categorical(name, list(d.choices))
+    return out
+
+
+def resolve_params(config: StudyConfig, suggested: dict[str, Any]) -> dict[str, Any]:
+    """Every searchable setting's value for this trial: the suggestion, else the config's fixed value."""
+    return {name: suggested.get(name, getattr(getattr(config, section), field))
+            for name, (section, field) in SEARCHABLE.items()}
+
+
+def trial_spec(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    c = ctx.config
+    return {"cache_dir": str(ctx.cache_dir), "key": ctx.cache_key, "n_classes": ctx.n_classes,
+            "params": params, "seed": c.training.seed,
+            "reduce_classes": list(c.balance.reduce_classes), "reduce_fraction": c.balance.reduce_fraction}
+
+
+def mark_owner(trial: optuna.Trial) -> None:
+    """Record who runs the trial, so a resume can tell a dead owner from a live one."""
+    me = psutil.Process()
+    trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, {
+        "host": socket.gethostname(), "pid": os.getpid(), "started": me.create_time()})
+
+
+def _slot_taken(trial: optuna.Trial, target: int) -> bool:
+    """True when COMPLETE trials plus earlier-numbered RUNNING ones already fill the target.
+
+    Workers share one target: the lowest-numbered running trials keep their
+    slots, so the study ends with exactly ``target`` COMPLETE trials.
+    """
+    trials = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                             optuna.trial.TrialState.RUNNING))
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    ahead = sum(t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number for t in trials)
+    return complete + ahead >= target
+
+
+def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[[optuna.Trial], list[float]]:
+    def objective(trial: optuna.Trial) -> list[float]:
+        if _slot_taken(trial, ctx.target):
+            trial.study.stop()
+            raise optuna.TrialPruned("target number of COMPLETE trials already reached or claimed")
+        mark_owner(trial)
+        params = resolve_params(ctx.config, suggest(trial, ctx.config))
+        trial.set_user_attr("resolved_params", params)
+        on_event({"event": "trial", "number": trial.number, "params": params})
+        try:
+            outcome = run_isolated("search.trial:run_trial", trial_spec(ctx, params), on_event,
+                                   echo_stderr=ctx.debug)
+        except TrialFailed as e:
+            trial.set_user_attr("fail_reason", str(e))
+            raise
+        result = {**outcome.result, "peak_memory_mb": outcome.peak_memory_mb,
+                  "start_memory_mb": outcome.start_memory_mb}
+        for key, value in result.items():
+            trial.set_user_attr(key, value)
+        return [result[m] for m in ctx.config.metric_names]
+
+    return objective

@@ -1,0 +1,143 @@
+"""Live progress of a run (rich) and the closing table of Pareto-optimal trials.
+
+On a terminal: a live panel with trials complete / target, elapsed, ETA, the
+best value so far of each objective, and the stage of the running trial
+(feature extraction, epoch, loss).  Elsewhere (CI, logs): one plain line per
+finished trial and per stage change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v == 0 or (1e-3 <= abs(v) < 1e4):
+            return f"{v:.4g}"
+        return f"{v:.2e}"
+    return str(v)
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Display:
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.live: Live | None = None
+        self.stage = ""
+        self.started = time.monotonic()
+        self.durations: list[float] = []
+        self._trial_start = time.monotonic()
+
+    # -- lifecycle
+    def start(self, study: optuna.Study, target: int, metric_names: list[str]) -> None:
+        self.study, self.target, self.metric_names = study, target, metric_names
+        self.started = time.monotonic()
+        if self.console.is_terminal:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+        else:
+            done = self._complete()
+            self.console.print(f"study {study.study_name}: {done}/{target} COMPLETE trials at start")
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    # -- events from the objective, the trial process and Optuna
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event["event"] == "trial":
+            self._trial_start = time.monotonic()
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in event["params"].items())
+            self.stage = f"trial {event['number']}: starting"
+            if self.live is None:
+                self.console.print(f"trial {event['number']} started: {params}")
+            self._refresh()
+            return
+        stage = event.get("stage", "")
+        if "epoch" in event:
+            loss = f", loss {event['loss']:.4f}" if event.get("loss") is not None else ""
+            stage = f"{stage} epoch {event['epoch']}/{event['epochs']}{loss}"
+        elif "total" in event:
+            stage = f"{stage} {event['done']}/{event['total']} images"
+        self.stage = stage
+        if self.live is None and ("total" not in event or event["done"] in (0, event["total"])):
+            self.console.print(f"  {stage}")
+        self._refresh()
+
+    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            self.durations.append(time.monotonic() - self._trial_start)
+        if self.live is None:
+            if trial.state == TrialState.COMPLETE:
+                vals = ", ".join(f"{m}={_fmt(v)}" for m, v in zip(self.metric_names, trial.values))
+                self.console.print(f"trial {trial.number} COMPLETE: {vals} "
+                                   f"[{self._complete()}/{self.target}]", highlight=False)
+            else:
+                reason = trial.user_attrs.get("fail_reason", "")
+                self.console.print(f"trial {trial.number} {trial.state.name}" + (f": {reason}" if reason else ""),
+                                   highlight=False)
+        self.stage = ""
+        self._refresh()
+
+    # -- rendering
+    def _complete(self) -> int:
+        return sum(t.state == TrialState.COMPLETE for t in self.study.get_trials(deepcopy=False))
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _render(self) -> Group:
+        done = self._complete()
+        elapsed = time.monotonic() - self.started
+        eta = "-"
+        if self.durations:
+            eta = _duration(max(0, self.target - done) * sum(self.durations) / len(self.durations))
+        width = 30
+        filled = int(width * min(done, self.target) / max(self.target, 1))
+        head = Text.assemble(("trials ", "bold"), f"{done}/{self.target} ",
+                             ("█" * filled + "░" * (width - filled), "green"),
+                             f"  elapsed {_duration(elapsed)}  ETA {eta}")
+        best = Table(box=None, show_header=True, pad_edge=False)
+        best.add_column("objective")
+        best.add_column("best so far")
+        for i, (m, d) in enumerate(zip(self.metric_names, self.study.directions)):
+            vals = [t.values[i] for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+            vals = [v for v in vals if not math.isnan(v)]
+            pick = max if d == optuna.study.StudyDirection.MAXIMIZE else min
+            best.add_row(f"{m} ({'max' if pick is max else 'min'})", _fmt(pick(vals)) if vals else "-")
+        return Group(head, Text(f"now: {self.stage or 'idle'}"), best)
+
+
+def pareto_table(study: optuna.Study, metric_names: list[str]) -> Table:
+    """The Pareto-optimal COMPLETE trials with their parameters and every metric."""
+    table = Table(title=f"Pareto-optimal trials of {study.study_name}")
+    trials = sorted(study.best_trials, key=lambda t: t.number)
+    params = sorted({k for t in trials for k in t.params})
+    extra = [m for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "train_time_s",
+                         "test_time_s", "peak_memory_mb") if m not in metric_names]
+    for col in ["trial", *params, *metric_names, *extra]:
+        table.add_column(col, justify="right")
+    for t in trials:
+        table.add_row(str(t.number), *(_fmt(t.params.get(p, "")) for p in params),
+                      *(_fmt(v) for v in t.values), *(_fmt(t.user_attrs.get(m, "")) for m in extra))
+    return table
