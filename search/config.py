@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -20,7 +21,15 @@ from pydantic import BaseModel, FiniteFloat, ConfigDict, Field, ValidationError,
 
 from search.errors import ConfigError, UsageError
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "study_configs"
+def _configs_dir() -> Path:
+    """$SEARCH_CONFIGS_DIR, else ./study_configs, else the one beside this package (editable install)."""
+    if "SEARCH_CONFIGS_DIR" in os.environ:
+        return Path(os.environ["SEARCH_CONFIGS_DIR"])
+    here = Path.cwd() / "study_configs"
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "study_configs"
+
+
+CONFIGS_DIR = _configs_dir()
 MAX_STUDY_NAME = 128
 
 # Names are kept here rather than imported so that loading a config never
@@ -325,18 +334,20 @@ class _FieldError(ValueError):
 
 
 def _format_validation(path: Path, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = list(first["loc"])
-    msg = first["msg"]
+    errs = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
+    first = errs[0]
+    msg = first["msg"].removeprefix("Value error, ")
     ctx_err = (first.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _FieldError):
-        loc, msg = list(ctx_err.loc), ctx_err.msg
-    # Drop pydantic's union-member tags (e.g. 'float', 'function-after[...]').
-    loc = [str(p) for p in loc if not (isinstance(p, str) and (p in ("float", "int", "categorical") or "[" in p))]
-    msg = msg.removeprefix("Value error, ")
+        loc = [str(p) for p in ctx_err.loc]
+        msg = ctx_err.msg
+    else:
+        # Drop pydantic's union-member tags (e.g. 'float', 'function-after[...]').
+        loc = [str(p) for p in first["loc"]
+               if not (isinstance(p, str) and (p in ("float", "int", "categorical") or "[" in p))]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
-    more = len(err.errors()) - 1
+    more = len(errs) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{path}: {'.'.join(loc) or '(top level)'}: {msg}{suffix}"
 

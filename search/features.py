@@ -81,7 +81,7 @@ def build_backbone(weights: Weights):
             where = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / IMAGENET_FILE
             raise WeightsError(
                 f"ImageNet weights for ResNet50 are not at {where} and could not be downloaded "
-                f"({type(e).__name__}); put the file there, or use --weights random or --weights PATH"
+                f"({str(e).split(' -- ')[-1][:120] or type(e).__name__}); put the file there, or use --weights random or --weights PATH"
             ) from None
         raise WeightsError(f"--weights: cannot load {weights.path}: {e}") from None
     model.trainable = False

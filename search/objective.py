@@ -18,7 +18,7 @@ import optuna
 import psutil
 
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
-from search.errors import TrialFailed
+from search.errors import Interrupted, TrialFailed
 from search.isolate import Event, run_isolated
 
 OWNER_ATTR = "search:owner"
@@ -94,6 +94,10 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
                                    echo_stderr=ctx.debug)
         except TrialFailed as e:
             trial.set_user_attr("fail_reason", str(e))
+            raise
+        except Interrupted as e:
+            # Optuna fails the trial as the signal unwinds; this marks it for retry (study.fail_own_trials).
+            trial.set_user_attr("interrupted", e.signum)
             raise
         result = {**outcome.result, "peak_memory_mb": outcome.peak_memory_mb,
                   "start_memory_mb": outcome.start_memory_mb}

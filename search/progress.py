@@ -36,6 +36,8 @@ def _duration(s: float) -> str:
 class Display:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
+        if not self.console.is_terminal:
+            self.console.width = 200  # log lines, not a screen: do not wrap
         self.live: Live | None = None
         self.stage = ""
         self.started = time.monotonic()

@@ -156,7 +156,9 @@ def _run(args: argparse.Namespace) -> int:
         return e.exit_code
     display.stop()
     if study.best_trials:
-        display.console.print(_pareto(study, config.metric_names))
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 200).print(_pareto(study, config.metric_names))
     display.message(f"{summary.complete_after}/{config.run.n_trials} COMPLETE trials "
                     f"({summary.complete_after - summary.complete_before} this run; stopped by {summary.stopped_by})"
                     + (f"; retried lost trials {summary.retried}" if summary.retried else ""))
