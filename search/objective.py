@@ -17,6 +17,7 @@ from typing import Any, Callable
 import optuna
 import psutil
 
+from search import artifacts
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
 from search.errors import Interrupted, TrialFailed
 from search.isolate import Event, run_isolated
@@ -32,6 +33,7 @@ class Context:
     n_classes: int
     target: int
     debug: bool = False
+    artifact_dir: Path | None = None  # where trial pictures go (search.artifacts); None: no pictures
 
 
 def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
@@ -90,7 +92,9 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
         trial.set_user_attr("resolved_params", params)
         on_event({"event": "trial", "number": trial.number, "params": params})
         try:
-            outcome = run_isolated("search.trial:run_trial", trial_spec(ctx, params), on_event,
+            # SEARCH_TRIAL_FN: a stand-in trial for concurrency tests and benchmarks (search.workers:fast_trial).
+            outcome = run_isolated(os.environ.get("SEARCH_TRIAL_FN", "search.trial:run_trial"),
+                                   trial_spec(ctx, params), on_event,
                                    echo_stderr=ctx.debug)
         except TrialFailed as e:
             trial.set_user_attr("fail_reason", str(e))
@@ -98,11 +102,13 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
         except Interrupted as e:
             # Optuna fails the trial as the signal unwinds; this marks it for retry (study.fail_own_trials).
             trial.set_user_attr("interrupted", e.signum)
+            trial.set_user_attr("fail_reason", str(e))
             raise
         result = {**outcome.result, "peak_memory_mb": outcome.peak_memory_mb,
                   "start_memory_mb": outcome.start_memory_mb}
         for key, value in result.items():
             trial.set_user_attr(key, value)
+        artifacts.upload_trial_pictures(trial, result, ctx)  # never raises: a picture never fails a trial
         return [result[m] for m in ctx.config.metric_names]
 
     return objective

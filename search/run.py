@@ -21,8 +21,14 @@ from search import data, features
 from search.errors import Interrupted, SearchError, StorageError, UsageError
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        # One line, like every other error; the full usage is one --help away.
+        self.exit(UsageError.exit_code, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("--study", required=True, help="config name in study_configs/ (or a path to a .toml file)")
     p.add_argument("--study-name", help="Optuna study name (default: the config name)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies.db)")
@@ -34,8 +40,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="seed of the data split, initialisation and sampler")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between trial heartbeats; a trial silent for 3x this is retried (default 10)")
+    p.add_argument("--artifact-dir", type=Path,
+                   help="where trial pictures are stored (default: <db name>-artifacts/ beside a SQLite file)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine, sharing the study and its target (default 1)")
+    p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # internal: worker I of --workers N
     p.add_argument("--debug", action="store_true", help="show tracebacks and the trial processes' output")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)  # a worker runs the same command (search.workers)
+    return a
 
 
 def _check_flags(a: argparse.Namespace) -> None:
@@ -43,6 +56,8 @@ def _check_flags(a: argparse.Namespace) -> None:
         raise UsageError(f"--n-trials: must be positive, got {a.n_trials}")
     if a.timeout is not None and not (math.isfinite(a.timeout) and a.timeout > 0):
         raise UsageError(f"--timeout: must be a positive number of seconds, got {a.timeout}")
+    if a.workers <= 0:
+        raise UsageError(f"--workers: must be positive, got {a.workers}")
     if a.heartbeat <= 0:
         raise UsageError(f"--heartbeat: must be positive, got {a.heartbeat}")
     if a.data_dir is not None and not a.data_dir.is_dir():
@@ -107,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
 
     storage_url = check_storage_url(args.storage or DEFAULT_STORAGE)
     weights = features.resolve_weights(config.backbone.weights)
-    display = Display()
+    display = Display(_quiet_console()) if args.worker else Display()  # a worker's parent shows progress
 
     # 2. Data and the one-time feature extraction (in its own process).
     pooled = data.load_pooled(config.dataset.name, args.data_dir, config.dataset.subset)
@@ -118,20 +133,25 @@ def _run(args: argparse.Namespace) -> int:
                              config.preprocessing.resize, weights, fingerprint)
     display.message(f"data: {config.dataset.name} from {pooled.source}, {len(pooled.labels)} images, "
                     f"classes {data.class_counts(pooled.labels, n_classes)}; weights {weights.identity}")
+    from search import study as st
+
+    # A resume with other settings is refused before the (possibly long) feature extraction.
+    st.check_resume(storage_url, study_name, st.identity(config, weights.identity, fingerprint))
     _ensure_features(args, config, pooled, weights, cache_dir, key, display)
 
     # 3. Storage and study.
     import optuna
 
     from search import objective as obj
-    from search import study as st
     from search.samplers import make_sampler
+    from search.workers import worker_sampler_config
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = st.open_storage(storage_url, heartbeat_interval=args.heartbeat)
     ident = st.identity(config, weights.identity, fingerprint)
-    study, created = st.create_or_resume(storage, study_name, config, ident, make_sampler(config))
+    sampler = make_sampler(worker_sampler_config(config, args.worker))
+    study, created = st.create_or_resume(storage, study_name, config, ident, sampler)
     if created:
         study.set_user_attr("search:data", {"source": pooled.source, "n_images": int(len(pooled.labels)),
                                             "class_names": list(data.CLASS_NAMES[config.dataset.name]),
@@ -139,8 +159,15 @@ def _run(args: argparse.Namespace) -> int:
     display.message(f"study {study_name!r} ({'new' if created else 'resumed'}) in {st._masked(storage_url)}")
 
     # 4. Optimize until the target of COMPLETE trials is reached.
+    from search import artifacts
+
     ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=n_classes,
-                      target=config.run.n_trials, debug=args.debug)
+                      target=config.run.n_trials, debug=args.debug,
+                      artifact_dir=artifacts.prepare(study, storage_url, args.artifact_dir))
+    if args.workers > 1 and not args.worker:
+        from search.workers import run_workers
+
+        return run_workers(args, study, display, config)
     display.start(study, config.run.n_trials, config.metric_names)
     try:
         summary = st.optimize(study, obj.make_objective(ctx, display.on_event), config.run.n_trials,
@@ -155,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return e.exit_code
     display.stop()
-    if study.best_trials:
+    if study.best_trials and not args.worker:
         from rich.console import Console
 
         Console(width=None if sys.stdout.isatty() else 200).print(_pareto(study, config.metric_names))
@@ -163,6 +190,14 @@ def _run(args: argparse.Namespace) -> int:
                     f"({summary.complete_after - summary.complete_before} this run; stopped by {summary.stopped_by})"
                     + (f"; retried lost trials {summary.retried}" if summary.retried else ""))
     return 0
+
+
+def _quiet_console():
+    import os
+
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"))
 
 
 def _pareto(study, metric_names):

@@ -135,6 +135,32 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 
+def check_resume(url: str, study_name: str, ident: dict[str, Any]) -> None:
+    """Refuse a resume with other settings before any expensive work; creates nothing."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(check_storage_url(url))
+    if u.get_backend_name() == "sqlite" and not Path(u.database).exists():
+        return  # no file, no study: nothing to compare with, and nothing may be created yet
+    storage = open_storage(url)
+    try:
+        storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return
+    _compare(optuna.load_study(study_name=study_name, storage=storage), study_name, ident)
+
+
+def _compare(study: optuna.Study, study_name: str, ident: dict[str, Any]) -> None:
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    if stored is None:
+        raise DriftError(f"study {study_name!r} in this storage was not created by this service; "
+                         f"use --study-name to start a new one")
+    diffs = differences(json.loads(json.dumps(stored)), json.loads(json.dumps(ident)))
+    if diffs:
+        raise DriftError(f"study {study_name!r} was created with other settings ({'; '.join(diffs)}); "
+                         f"resume it with its own settings, or start a new study with --study-name NEW_NAME")
+
+
 def create_or_resume(storage: optuna.storages.BaseStorage, study_name: str, config: StudyConfig,
                      ident: dict[str, Any], sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, bool]:
     """Return (study, created).  A stored study must have the same identity."""
@@ -145,14 +171,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, study_name: str, conf
         exists = False
     if exists:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
-        stored = study.user_attrs.get(IDENTITY_ATTR)
-        if stored is None:
-            raise DriftError(f"study {study_name!r} in this storage was not created by this service; "
-                             f"use --study-name to start a new one")
-        diffs = differences(json.loads(json.dumps(stored)), json.loads(json.dumps(ident)))
-        if diffs:
-            raise DriftError(f"study {study_name!r} was created with other settings ({'; '.join(diffs)}); "
-                             f"resume it with its own settings, or start a new study with --study-name NEW_NAME")
+        _compare(study, study_name, ident)
         return study, False
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
                                 directions=config.directions)
@@ -176,11 +195,12 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool
     """Mark a RUNNING trial FAIL with ``reason`` and queue its parameters again; False if it already ended."""
     storage = study._storage
     try:
+        # The reason first: Optuna refuses attributes on a finished trial.
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
         return False
     RetryCallback(max_retry=MAX_RETRY)(study, storage.get_trial(trial._trial_id))
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     return True
 
 
@@ -200,17 +220,19 @@ def fail_own_trials(study: optuna.Study, reason: str) -> list[int]:
     """On interruption: this process's trials are failed-and-retriable, never left RUNNING."""
     me, host = os.getpid(), socket.gethostname()
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    for t in trials:
         owner = t.system_attrs.get(OWNER_ATTR) or {}
         if owner.get("pid") != me or owner.get("host") != host:
             continue
         if t.state == TrialState.RUNNING:
             if fail_and_retry(study, t, reason):
                 out.append(t.number)
-        elif "fail_reason" not in t.user_attrs and t.user_attrs.get("interrupted"):
-            # Optuna already failed it when the signal's exception left the objective.
+        elif t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+            # Optuna already failed it when the signal's exception left the objective, which had
+            # stored the reason (a finished trial takes no more attributes).
             RetryCallback(max_retry=MAX_RETRY)(study, t)
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
             out.append(t.number)
     return out
 

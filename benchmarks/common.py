@@ -1,0 +1,131 @@
+"""Shared pieces: the machine's matmul limit, FLOP counts, timed child processes, cached features."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search import data, features
+from search.isolate import run_isolated
+
+N_CLASSES = 10
+N_FEATURES = 2048
+
+
+# ---------------------------------------------------------------- the machine
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                      if line.startswith("Model name")), "")
+        flags = next((line.split(":", 1)[1].split() for line in out.splitlines()
+                      if line.startswith("Flags")), [])
+    except OSError:
+        flags = []
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "load_avg_at_start": list(os.getloadavg()),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """Best float32 GFLOP/s of an n x n x n numpy matrix multiply (the machine's practical limit)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up (thread pool, page faults)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def gemm_gflops(m: int, k: int, n: int, min_seconds: float = 0.5) -> float:
+    """numpy float32 GFLOP/s of an (m x k) @ (k x n) product, repeated for ``min_seconds``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_seconds:
+        a @ b
+        reps += 1
+    return 2.0 * m * k * n * reps / elapsed / 1e9
+
+
+def head_train_flops(n_samples: int, units: int, n_features: int = N_FEATURES, n_classes: int = N_CLASSES) -> float:
+    """FLOPs of one epoch of head training (2 per multiply-add).
+
+    Forward: both layers.  Backward: weight gradients of both layers, input
+    gradient of the second only (the features need no gradient).  So 4 x the
+    first layer's MACs plus 6 x the second's; bias, ReLU, dropout, softmax and
+    Adam's elementwise update are left out (a few %).
+    """
+    return 2.0 * (2 * n_features * units + 3 * units * n_classes) * n_samples
+
+
+# ---------------------------------------------------------------- child processes
+
+@dataclass
+class Timed:
+    result: Any
+    wall_s: float
+    peak_memory_mb: float
+    events: list[tuple[float, dict]] = field(default_factory=list)  # (seconds since start, event)
+
+
+def child(target: str, spec: dict[str, Any], backend: str = "tensorflow", env: dict[str, str] | None = None) -> Timed:
+    """``run_isolated`` with a chosen Keras backend, timing the whole child and each progress event."""
+    events: list[tuple[float, dict]] = []
+    start = time.perf_counter()
+    out = run_isolated(target, spec, lambda e: events.append((time.perf_counter() - start, e)),
+                       env={"KERAS_BACKEND": backend, **(env or {})})
+    return Timed(out.result, time.perf_counter() - start, out.peak_memory_mb, events)
+
+
+# ---------------------------------------------------------------- cached features
+
+@dataclass(frozen=True)
+class Cached:
+    cache_dir: str
+    key: str
+    n: int
+    extraction: dict | None  # timings if this call built the entry, else None
+
+
+def ensure_features(cache_dir: Path, subset: int, dataset: str = "fashion_mnist",
+                    data_dir: Path | None = None) -> Cached:
+    """Cached random-weight ResNet50 features of a Fashion-MNIST slice (0: all 70,000), built as the service does."""
+    pooled = data.load_pooled(dataset, data_dir, subset)
+    weights = features.resolve_weights("random")
+    key = features.cache_key(dataset, subset, "unit", "bilinear", weights, pooled.fingerprint())
+    timing: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        spec = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "subset": subset,
+                "subset_seed": 0, "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights),
+                "out_dir": str(tmp)}
+        t = child("search.features:extract_job", spec)
+        progress = [(s, e) for s, e in t.events if e.get("stage") == "extracting features" and e.get("done")]
+        timing.update(wall_s=t.wall_s, peak_memory_mb=t.peak_memory_mb, n=len(pooled.labels))
+        if len(progress) >= 2:
+            # Steady state: from the end of the first chunk (model built, graph traced) to the last.
+            (s0, e0), (s1, e1) = progress[0], progress[-1]
+            timing.update(steady_images=e1["done"] - e0["done"], steady_s=s1 - s0)
+        else:
+            timing.update(steady_images=len(pooled.labels), steady_s=t.wall_s)
+
+    features.ensure_cached(Path(cache_dir), key, build)
+    return Cached(str(cache_dir), key, len(pooled.labels), timing or None)

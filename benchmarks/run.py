@@ -1,0 +1,178 @@
+"""``python -m benchmarks.run [--quick] [--out FILE.json] [--md FILE.md]``: every measurement of issue 4 in one run.
+
+Writes the raw figures as JSON and a Markdown table (printed, and written next
+to the JSON).  ``--quick`` uses slices of Fashion-MNIST and finishes in a few
+minutes on 2 cores; the full run extracts all 70,000 images and takes about
+half an hour.  Backbone weights are random (``--weights random``): same
+FLOPs as ImageNet's, which cannot be downloaded here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import cache_vs_full, extraction, head_speed, kerastuner_cmp, optuna_overhead, trial
+from benchmarks.common import ensure_features, gemm_gflops, machine, matmul_gflops
+from benchmarks.report import markdown, targets
+
+BATCHES_QUICK = [32, 64, 128, 256, 512, 1024]
+BATCHES_FULL = [32, 64, 128, 256, 512, 1024]
+
+PLANS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "extraction_subset": 2000, "compare_subset": 2000, "compare_split": 0.5, "compare_epochs": 2,
+        "sweep_rows": 8192, "sweep_batches": BATCHES_QUICK, "variants": False, "float16_backends": [],
+        "trial_subset": 2000, "trial_epochs": 2, "trial_backends": ["tensorflow", "jax"],
+        "optuna_trials": 100, "kt_subset": 1000, "kt_trials": 2, "kt_epochs": (1, 2),
+    },
+    "full": {
+        "extraction_subset": 0, "compare_subset": 3000, "compare_split": 2 / 3, "compare_epochs": 2,
+        "sweep_rows": 42000, "sweep_batches": BATCHES_FULL, "variants": True, "variant_rows": 14000,
+        "trial_subset": 0, "trial_epochs": 3, "trial_backends": ["tensorflow", "jax"], "float16_backends": ["jax"],
+        "optuna_trials": 500, "kt_subset": 2500, "kt_trials": 4, "kt_epochs": (1, 3),
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _sweep(name: str, cached, rows: int, batches: list[int], backend: str, env: dict | None = None,
+           **extra: Any) -> dict[str, Any]:
+    from benchmarks.common import child
+
+    spec = {"cache_dir": cached.cache_dir, "key": cached.key, "n_rows": rows, "units": 1024,
+            "batch_sizes": batches, "epochs": 2, **extra}
+    t = child("benchmarks.head_speed:sweep", spec, backend=backend, env=env)
+    log(f"  head sweep {name}: " + ", ".join(f"b{r['batch_size']} {r['gflops']:.0f} GF/s" for r in t.result["rows"])
+        + (f"; accuracy {t.result['accuracy']['accuracy']:.4f}" if "accuracy" in t.result else ""))
+    return {"name": name, **t.result, "wall_s": t.wall_s, "peak_memory_mb": t.peak_memory_mb}
+
+
+def run(plan_name: str, workdir: Path) -> dict[str, Any]:
+    plan = PLANS[plan_name]
+    workdir.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {"plan": plan_name, "plan_settings": plan, "machine": machine(),
+                           "weights": "random (same FLOPs as imagenet; imagenet cannot be downloaded here)"}
+    start = time.perf_counter()
+
+    log("numpy matmul limit")
+    res["limit"] = {"matmul_4096_gflops_start": matmul_gflops(4096),
+                    "gemm_head_shape_gflops": {b: gemm_gflops(b, 2048, 1024) for b in (32, 256)}}
+
+    log("feature extraction (one-time cost) from an empty cache")
+    cache = workdir / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    ext_flops = None  # filled below from the backbone the comparison builds
+    res["extraction"] = extraction.measure(cache, plan["extraction_subset"], 1.0, None)
+    log(f"  {res['extraction']['n_images']} images in {res['extraction']['wall_s']:.1f} s")
+    main_cached = ensure_features(cache, plan["extraction_subset"])
+
+    log("cache vs backbone-in-the-loop")
+    cmp_cached = ensure_features(cache, plan["compare_subset"])
+    from benchmarks.common import child
+
+    t = child("benchmarks.cache_vs_full:compare",
+              {"cache_dir": cmp_cached.cache_dir, "key": cmp_cached.key, "subset": plan["compare_subset"],
+               "split_ratio": plan["compare_split"], "epochs": plan["compare_epochs"], "batch_size": 32,
+               "units": 1024, "seed": 0})
+    res["cache_vs_full"] = {**cache_vs_full.summarize(t.result), "peak_memory_mb": t.peak_memory_mb}
+    log(f"  fit ratio {res['cache_vs_full']['fit_ratio']:.1f}x")
+    ext_flops = t.result["resnet50_flops_per_image"]
+
+    log("head training sweeps")
+    res["limit"]["matmul_4096_gflops_before_sweeps"] = matmul_gflops(4096)
+    sweeps = []
+    rows, batches = plan["sweep_rows"], plan["sweep_batches"]
+    acc = {"batch_size": 256, "epochs": 5, "rows": 14000} if plan["variants"] else None
+    for backend in ("tensorflow", "jax"):
+        sweeps.append(_sweep(f"{backend}", main_cached, rows, batches, backend,
+                             **({"accuracy": acc} if acc else {})))
+    if plan["variants"]:
+        rows = plan["variant_rows"]
+        sweeps.append(_sweep("tensorflow, 1 thread", main_cached, rows, [32, 256], "tensorflow", intra_threads=1))
+        sweeps.append(_sweep("jax, 1 thread", main_cached, rows, [32, 256], "jax",
+                             env={"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}))
+        sweeps.append(_sweep("tensorflow, mixed_bfloat16", main_cached, rows, [32, 256], "tensorflow",
+                             policy="mixed_bfloat16", accuracy=acc))
+        sweeps.append(_sweep("jax, mixed_bfloat16", main_cached, rows, [32, 256], "jax",
+                             policy="mixed_bfloat16", accuracy=acc))
+        sweeps.append(_sweep("tensorflow, steps_per_execution=32", main_cached, rows, [32], "tensorflow",
+                             compile={"steps_per_execution": 32}))
+        sweeps.append(_sweep("jax, steps_per_execution=32", main_cached, rows, [32], "jax",
+                             compile={"steps_per_execution": 32}))
+    res["head_sweeps"] = sweeps
+
+    log("fmnist_reg-shaped trials (search.trial.run_trial in a child)")
+    tcached = ensure_features(cache, plan["trial_subset"])
+    trials = []
+    for backend in plan["trial_backends"]:
+        r = trial.run(trial.fmnist_reg_spec(tcached.cache_dir, tcached.key, plan["trial_epochs"]), backend)
+        trials.append({"storage": "float32", **r})
+        log(f"  {backend}: {r['wall_s']:.1f} s, {r['steady_epoch_s']:.1f} s/epoch, peak {r['peak_memory_mb']:.0f} MB")
+    if plan["variants"]:
+        log("float16 feature storage")
+        c16 = workdir / "cache_f16"
+        shutil.rmtree(c16, ignore_errors=True)
+        res["float16_storage"] = trial.float16_copy(tcached.cache_dir, tcached.key, c16)
+        for backend in plan["float16_backends"]:
+            r = trial.run(trial.fmnist_reg_spec(str(c16), tcached.key, plan["trial_epochs"]), backend)
+            trials.append({"storage": "float16", **r})
+            log(f"  {backend} float16: {r['wall_s']:.1f} s, peak {r['peak_memory_mb']:.0f} MB")
+    res["trials"] = trials
+    res["trial_n_images"] = tcached.n
+
+    log(f"Optuna overhead, {plan['optuna_trials']} trials")
+    res["optuna"] = optuna_overhead.measure(plan["optuna_trials"], workdir)
+    log(f"  {res['optuna']['per_trial_at_end_s'] * 1e3:.0f} ms per trial at the end")
+
+    log("vs KerasTuner")
+    res["keras_tuner"] = kerastuner_cmp.compare(workdir / "kt", plan["kt_subset"], plan["kt_trials"],
+                                                tuple(plan["kt_epochs"]))
+    log(f"  ours {res['keras_tuner']['ours']['wall_s']:.0f} s, "
+        f"KerasTuner {res['keras_tuner']['keras_tuner']['process_wall_s']:.0f} s")
+
+    res["limit"]["matmul_4096_gflops_end"] = matmul_gflops(4096)
+    lim = max(v for k, v in res["limit"].items() if k.startswith("matmul_4096"))
+    res["limit"]["matmul_gflops"] = lim
+    e = res["extraction"]
+    e.update(flops_per_image=ext_flops, forward_images_per_s=res["cache_vs_full"]["forward_images_per_s"],
+             forward_gflops=res["cache_vs_full"]["forward_images_per_s"] * ext_flops / 1e9, gflops=e["images_per_s"] * ext_flops / 1e9,
+             share_of_matmul=e["images_per_s"] * ext_flops / 1e9 / lim)
+    res["machine"]["load_avg_at_end"] = list(os.getloadavg())
+    res["wall_s"] = time.perf_counter() - start
+    res["targets"] = targets(res)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="slices and fewer trials: a few minutes on 2 cores")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/out/{quick,full}.json)")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: beside --out)")
+    a = p.parse_args(argv)
+    plan = "quick" if a.quick else "full"
+    out = a.out or Path("benchmarks/out") / f"{plan}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = a.workdir or out.parent / f"work-{plan}"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    res = run(plan, workdir)
+    res["command"] = "python -m benchmarks.run" + (" --quick" if a.quick else "") + (f" --out {a.out}" if a.out else "")
+    out.write_text(json.dumps(res, indent=1, default=str))
+    md = markdown(res)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    log(f"wrote {out} and {out.with_suffix('.md')} ({res['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
