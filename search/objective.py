@@ -17,7 +17,7 @@ from typing import Any, Callable
 import optuna
 import psutil
 
-from search import artifacts
+from search import artifacts, signals
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
 from search.errors import Interrupted, TrialFailed
 from search.isolate import Event, run_isolated
@@ -88,14 +88,14 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
             trial.study.stop()
             raise optuna.TrialPruned("target number of COMPLETE trials already reached or claimed")
         mark_owner(trial)
-        params = resolve_params(ctx.config, suggest(trial, ctx.config))
-        trial.set_user_attr("resolved_params", params)
-        on_event({"event": "trial", "number": trial.number, "params": params})
         try:
-            # SEARCH_TRIAL_FN: a stand-in trial for concurrency tests and benchmarks (search.workers:fast_trial).
-            outcome = run_isolated(os.environ.get("SEARCH_TRIAL_FN", "search.trial:run_trial"),
-                                   trial_spec(ctx, params), on_event,
-                                   echo_stderr=ctx.debug)
+            with signals.interruptible():  # owner recorded: from here a signal may stop the trial
+                params = resolve_params(ctx.config, suggest(trial, ctx.config))
+                trial.set_user_attr("resolved_params", params)
+                on_event({"event": "trial", "number": trial.number, "params": params})
+                # SEARCH_TRIAL_FN: a stand-in trial for concurrency tests and benchmarks (search.workers:fast_trial).
+                outcome = run_isolated(os.environ.get("SEARCH_TRIAL_FN", "search.trial:run_trial"),
+                                       trial_spec(ctx, params), on_event, echo_stderr=ctx.debug)
         except TrialFailed as e:
             trial.set_user_attr("fail_reason", str(e))
             raise

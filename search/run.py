@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from search import config as cfg
+from search import signals
 from search import data, features
 from search.errors import Interrupted, SearchError, StorageError, UsageError
 
@@ -73,13 +73,6 @@ def default_study_name(config_name: str, weights: str | None) -> str:
     return f"{config_name}-{Path(weights).stem}"
 
 
-def _raise_on_signal(signum: int, frame: object) -> None:
-    # Ignore further signals while this one unwinds, so cleanup cannot be cut short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Interrupted(signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -101,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from search.progress import Display
 
-    signal.signal(signal.SIGTERM, _raise_on_signal)
-    signal.signal(signal.SIGINT, _raise_on_signal)
+    signals.install()
 
     # 1. Validate everything that needs no storage: a bad input must leave no database behind.
     _check_flags(args)
@@ -136,7 +128,8 @@ def _run(args: argparse.Namespace) -> int:
     from search import study as st
 
     # A resume with other settings is refused before the (possibly long) feature extraction.
-    st.check_resume(storage_url, study_name, st.identity(config, weights.identity, fingerprint))
+    if not args.worker:  # a worker's parent has checked; create_or_resume checks again below
+        st.check_resume(storage_url, study_name, st.identity(config, weights.identity, fingerprint))
     _ensure_features(args, config, pooled, weights, cache_dir, key, display)
 
     # 3. Storage and study.

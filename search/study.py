@@ -12,6 +12,7 @@ Guarantees (see README, "Reliability"):
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
+from search import signals
 from search.config import StudyConfig
 from search.errors import DriftError, StorageError, TooManyFailures, TrialFailed, UsageError
 from search.objective import OWNER_ATTR
@@ -34,6 +36,11 @@ IDENTITY_ATTR = "search:identity"
 CONFIG_ATTR = "search:config"
 MAX_RETRY = 3
 POLL_S = 1.0
+OWNERLESS_AFTER_S = 120
+# Connections per process on a database server: the main thread and Optuna's heartbeat thread each
+# hold one (pool_size 2); a third concurrent use gets a short-lived extra one (max_overflow).  So a
+# worker keeps 2 connections open; PostgreSQL's default max_connections=100 serves ~45 workers.
+PG_POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 3600}
 
 
 # ---------------------------------------------------------------- storage
@@ -84,15 +91,22 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
         except sqlite3.Error as e:
             raise StorageError(f"--storage: cannot open {url}: {e}") from None
     else:
-        engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period or 3 * heartbeat_interval,
-            heartbeat_stale_trial_callback=RetryCallback(max_retry=MAX_RETRY))
-    except Exception as e:  # SQLAlchemy's errors differ per driver; all mean "cannot open"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"--storage: cannot open {_masked(url)}: {first}") from None
+        engine_kwargs = dict(PG_POOL)
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 3 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryCallback(max_retry=MAX_RETRY))
+        except Exception as e:  # SQLAlchemy's errors differ per driver; all mean "cannot open"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            # Processes starting at once on a new database race to create Optuna's tables;
+            # the loser sees them half-made: once they exist, opening works.
+            if attempt < 4 and any(m in first for m in ("already exists", "UniqueViolation", "UNIQUE constraint",
+                                                         "duplicate key")):
+                time.sleep(0.2 + 0.3 * attempt)
+                continue
+            raise StorageError(f"--storage: cannot open {_masked(url)}: {first}") from None
 
 
 def _masked(url: str) -> str:
@@ -144,10 +158,13 @@ def check_resume(url: str, study_name: str, ident: dict[str, Any]) -> None:
         return  # no file, no study: nothing to compare with, and nothing may be created yet
     storage = open_storage(url)
     try:
-        storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return
-    _compare(optuna.load_study(study_name=study_name, storage=storage), study_name, ident)
+        try:
+            storage.get_study_id_from_name(study_name)
+        except KeyError:
+            return
+        _compare(optuna.load_study(study_name=study_name, storage=storage), study_name, ident)
+    finally:
+        storage.engine.dispose()  # its connections would stay open on a database server until GC
 
 
 def _compare(study: optuna.Study, study_name: str, ident: dict[str, Any]) -> None:
@@ -161,6 +178,18 @@ def _compare(study: optuna.Study, study_name: str, ident: dict[str, Any]) -> Non
                          f"resume it with its own settings, or start a new study with --study-name NEW_NAME")
 
 
+def _load_and_compare(storage: optuna.storages.BaseStorage, study_name: str,
+                      sampler: optuna.samplers.BaseSampler, ident: dict[str, Any]) -> optuna.Study:
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    # A study created this instant by another process gets its identity a moment after its name.
+    deadline = time.monotonic() + 10
+    while (IDENTITY_ATTR not in study.user_attrs and time.monotonic() < deadline
+           and not study.get_trials(deepcopy=False)):
+        time.sleep(0.2)
+    _compare(study, study_name, ident)
+    return study
+
+
 def create_or_resume(storage: optuna.storages.BaseStorage, study_name: str, config: StudyConfig,
                      ident: dict[str, Any], sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, bool]:
     """Return (study, created).  A stored study must have the same identity."""
@@ -170,11 +199,12 @@ def create_or_resume(storage: optuna.storages.BaseStorage, study_name: str, conf
     except KeyError:
         exists = False
     if exists:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
-        _compare(study, study_name, ident)
-        return study, False
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                                directions=config.directions)
+        return _load_and_compare(storage, study_name, sampler, ident), False
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                    directions=config.directions)
+    except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago
+        return _load_and_compare(storage, study_name, sampler, ident), False
     study.set_metric_names(config.metric_names)
     study.set_user_attr(IDENTITY_ATTR, ident)
     study.set_user_attr(CONFIG_ATTR, config.as_json())
@@ -208,10 +238,17 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Retry at once the RUNNING trials whose owner process on this host is gone."""
     host = socket.gethostname()
     recovered = []
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.system_attrs.get(OWNER_ATTR)
         if owner and owner.get("host") == host and not _owner_alive(owner):
             if fail_and_retry(study, t, f"owner process {owner.get('pid')} died"):
+                recovered.append(t.number)
+        elif (owner is None and t.datetime_start is not None
+              and (now - t.datetime_start).total_seconds() > OWNERLESS_AFTER_S):
+            # A worker records its owner milliseconds after Optuna creates the trial; one still
+            # without an owner much later lost its process in that gap (kill -9) and has no heartbeat.
+            if fail_and_retry(study, t, "its process died before the trial started"):
                 recovered.append(t.number)
     return recovered
 
@@ -298,8 +335,9 @@ def optimize(study: optuna.Study, objective: Callable, target: int, timeout: flo
             time.sleep(POLL_S)
             continue
         n_before = len(study.trials)
-        study.optimize(objective, n_trials=target - done - running, timeout=left,
-                       catch=(TrialFailed,), callbacks=[guard, *callbacks])
+        with signals.deferred():  # see search/signals.py: no ownerless RUNNING trial on Ctrl-C
+            study.optimize(objective, n_trials=target - done - running, timeout=left,
+                           catch=(TrialFailed,), callbacks=[guard, *callbacks])
         if guard.tripped:
             raise TooManyFailures(f"stopped after {guard.streak} consecutive failed trials; "
                                   f"last: {guard.last_reason}")

@@ -136,6 +136,10 @@ def run_workers(args: Any, study: Any, display: Any, config: Any) -> int:
     n = args.workers
     complete_before = st.counts(study)[TrialState.COMPLETE]
     retried = st.recover_dead_trials(study)
+    # Opening the storage left two idle connections; polling from one thread needs one.
+    engine = getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
+    if engine is not None:
+        engine.dispose()
     pool = _adopt_display(display, n)
     pool.start(study, target, config.metric_names)
 

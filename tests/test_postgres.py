@@ -107,5 +107,6 @@ def test_eight_workers_160_trials_and_bounded_connections(tiny, pg):
     workers, target = 8, 160
     with PeakConnections(make_url(pg).database) as conns:
         scenario_exact_target(tiny, pg, workers=workers, target=target, seconds=0.1, timeout=900)
+    print(f"peak {conns.peak} connections for {workers} workers ({conns.samples} samples)")
     assert conns.samples > 50
     assert 0 < conns.peak <= 2 * workers + 2, f"peak {conns.peak} connections for {workers} workers"

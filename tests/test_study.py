@@ -148,3 +148,12 @@ def test_postgres_url_uses_the_installed_driver():
 
     engine = sqlalchemy.create_engine(st.check_storage_url("postgresql://u:p@h/db"))  # ImportError if not
     assert engine.dialect.driver == "psycopg"
+
+
+def test_ownerless_running_trial_is_retried_only_when_old(study, monkeypatch):
+    """A process killed between Optuna creating a trial and recording its owner leaves an ownerless trial."""
+    trial = study.ask()
+    assert st.recover_dead_trials(study) == []  # fresh: its owner may be about to record itself
+    monkeypatch.setattr(st, "OWNERLESS_AFTER_S", 0)
+    assert st.recover_dead_trials(study) == [trial.number]
+    assert _states(study) == [TrialState.FAIL, TrialState.WAITING]

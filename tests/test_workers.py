@@ -78,7 +78,7 @@ def check_study(storage: str, name: str, target: int) -> list[optuna.trial.Froze
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
     assert len(by_state[TrialState.COMPLETE]) == target, {s.name: len(v) for s, v in by_state.items()}
     assert not by_state[TrialState.RUNNING], [t.number for t in by_state[TrialState.RUNNING]]
-    assert len({t._trial_id for t in trials}) == len(trials)
+    assert len({t._trial_id for t in trials}) == len({t.number for t in trials}) == len(trials)
     for t in by_state[TrialState.COMPLETE]:
         assert len(t.values) == 4 and all(math.isfinite(v) for v in t.values), t.number
         assert FAST_ATTRS <= set(t.user_attrs), (t.number, FAST_ATTRS - set(t.user_attrs))
