@@ -39,8 +39,12 @@ PREPROCESSING_NAMES = ("unit", "caffe")
 SAMPLER_NAMES = ("tpe", "random", "grid", "nsga2", "qmc")
 METRIC_NAMES = (
     "accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc",
-    "worst_class_recall", "train_time_s", "test_time_s", "peak_memory_mb",
+    "worst_class_recall", "reduced_recall", "train_time_s", "test_time_s", "peak_memory_mb",
 )
+DATASET_N_CLASSES = {"fashion_mnist": 10, "cifar10": 10}
+PROFILE_NAMES = ("paper", "long_tail", "step")
+HANDLING_NAMES = ("none", "class_weight", "focal", "oversample", "smote")
+EVALUATION_NAMES = ("validation", "test")
 
 
 class _Frozen(BaseModel):
@@ -62,7 +66,11 @@ class Dataset(_Frozen):
 
 class Balance(_Frozen):
     mode: Literal["balanced", "imbalanced"] = "balanced"
-    # The paper's imbalance: drop this fraction of the training samples of these classes.
+    # How an imbalanced training part is made (search.data.profile_targets):
+    # paper: drop reduce_fraction of the training samples of reduce_classes;
+    # long_tail: class i keeps n_i * rho^(-i/(C-1)); step: the upper half of the classes keep n_i / rho.
+    profile: Literal["paper", "long_tail", "step"] = "paper"
+    rho: FiniteFloat = Field(10.0, gt=1.0)
     reduce_classes: tuple[int, ...] = (0, 1, 2)
     reduce_fraction: FiniteFloat = Field(0.1, gt=0.0, lt=1.0)
 
@@ -116,6 +124,16 @@ class Training(_Frozen):
     epochs: int = Field(5, ge=1)
     split_ratio: FiniteFloat = Field(0.8, gt=0.0, lt=1.0)
     seed: int = 0
+    # Imbalance handling (search.head / search.data.resample): none, class-weighted loss, focal loss
+    # (gamma focal_gamma), random oversampling or SMOTE of the cached training features.
+    handling: Literal["none", "class_weight", "focal", "oversample", "smote"] = "none"
+    focal_gamma: FiniteFloat = Field(2.0, ge=0.0)
+    label_smoothing: FiniteFloat = Field(0.0, ge=0.0, lt=1.0)
+    # Where the objectives are measured: "validation" (a stratified, seeded validation_fraction of the
+    # training part; the test split's metrics are stored as test_* and never returned to the sampler)
+    # or "test" (the paper's protocol: objectives on the test split).
+    evaluation: Literal["validation", "test"] = "validation"
+    validation_fraction: FiniteFloat = Field(0.2, gt=0.0, lt=1.0)
 
 
 class FloatDist(_Frozen):
@@ -197,7 +215,13 @@ SEARCHABLE: dict[str, tuple[str, str]] = {
     "l2": ("head", "l2"),
     "units": ("head", "units"),
     "balance": ("balance", "mode"),
+    "profile": ("balance", "profile"),
+    "rho": ("balance", "rho"),
+    "handling": ("training", "handling"),
+    "focal_gamma": ("training", "focal_gamma"),
+    "label_smoothing": ("training", "label_smoothing"),
 }
+_CHOICE_FIELDS = {"mode", "profile", "handling"}  # string-valued: searchable as categorical only
 
 
 class Objective(_Frozen):
@@ -224,6 +248,18 @@ class Sampler(_Frozen):
         return v
 
 
+class Constraints(_Frozen):
+    """Budgets: a trial over one is infeasible (Optuna's trial.set_constraint), so never Pareto-optimal."""
+
+    max_peak_memory_mb: FiniteFloat | None = Field(None, gt=0.0)
+    max_train_time_s: FiniteFloat | None = Field(None, gt=0.0)
+
+    def budgets(self) -> dict[str, float]:
+        """Metric -> budget, for the budgets that are set."""
+        out = {"peak_memory_mb": self.max_peak_memory_mb, "train_time_s": self.max_train_time_s}
+        return {k: v for k, v in out.items() if v is not None}
+
+
 class Run(_Frozen):
     n_trials: int = Field(gt=0)
     timeout: float | None = Field(None, gt=0)
@@ -242,6 +278,7 @@ class StudyConfig(_Frozen):
     search_space: dict[str, Distribution] = Field(default_factory=dict)
     objectives: tuple[Objective, ...]
     sampler: Sampler = Sampler()
+    constraints: Constraints = Constraints()
     run: Run
 
     @field_validator("objectives")
@@ -263,7 +300,7 @@ class StudyConfig(_Frozen):
             section, field = SEARCHABLE[name]
             if field in _INT_FIELDS and isinstance(dist, FloatDist):
                 raise _FieldError(("search_space", name, "type"), "must be 'int' or 'categorical'")
-            if field == "mode" and not isinstance(dist, CategoricalDist):
+            if field in _CHOICE_FIELDS and not isinstance(dist, CategoricalDist):
                 raise _FieldError(("search_space", name, "type"), "must be 'categorical'")
             # Every value the search can produce must be a valid fixed value too.
             base = getattr(self, section)
@@ -272,6 +309,11 @@ class StudyConfig(_Frozen):
                     type(base).model_validate({**base.model_dump(), field: value})
                 except ValidationError as e:
                     raise _FieldError(("search_space", name, key), e.errors()[0]["msg"]) from None
+        n_classes = DATASET_N_CLASSES[self.dataset.name]
+        bad = [c for c in self.balance.reduce_classes if c >= n_classes]
+        if bad:
+            raise _FieldError(("balance", "reduce_classes"),
+                              f"class {bad[0]} does not exist in {self.dataset.name} (classes 0-{n_classes - 1})")
         if self.sampler.name == "grid":
             for name, dist in self.search_space.items():
                 if isinstance(dist, FloatDist) and dist.step is None:
@@ -305,10 +347,20 @@ class StudyConfig(_Frozen):
         return self.model_dump(mode="json")
 
     def identity(self) -> dict[str, Any]:
-        """What a stored study must agree on to be resumed: all but run, sampler and prose."""
+        """What a stored study must agree on to be resumed: all but run, sampler and prose.
+
+        Settings added after studies were first stored are left out at the value that
+        reproduces the behaviour from before they existed (``_LEGACY``), so those studies
+        still resume and keep their identity hash.
+        """
         d = self.as_json()
         for key in ("name", "description", "run", "sampler"):
             d.pop(key)
+        for (section, field), legacy in _LEGACY.items():
+            if d[section].get(field) == legacy:
+                del d[section][field]
+        if not self.constraints.budgets():
+            del d["constraints"]
         return d
 
     def identity_hash(self) -> str:
@@ -316,6 +368,11 @@ class StudyConfig(_Frozen):
 
 
 _INT_FIELDS = {"epochs", "batch_size", "units"}
+_LEGACY: dict[tuple[str, str], Any] = {
+    ("balance", "profile"): "paper", ("balance", "rho"): 10.0,
+    ("training", "handling"): "none", ("training", "focal_gamma"): 2.0, ("training", "label_smoothing"): 0.0,
+    ("training", "evaluation"): "test", ("training", "validation_fraction"): 0.2,
+}
 
 
 def _value_keys(dist: Any) -> list[str]:

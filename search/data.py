@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -80,10 +81,10 @@ def _download_fashion() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_fashion_mnist(data_dir: Path | None) -> Pooled:
-    places = ([data_dir] if data_dir else []) + [DEBIAN_FASHION_MNIST, keras_home() / "datasets" / "fashion-mnist"]
+    places = [data_dir] if data_dir else [DEBIAN_FASHION_MNIST, keras_home() / "datasets" / "fashion-mnist"]
     return _first_found("fashion_mnist", places, FASHION_FILES, _read_fashion_dir, _download_fashion,
                         "apt-get install dataset-fashion-mnist, or pass --data-dir DIR holding "
-                        + ", ".join(FASHION_FILES))
+                        + ", ".join(FASHION_FILES), explicit=data_dir is not None)
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -112,22 +113,27 @@ def _download_cifar() -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(data_dir: Path | None) -> Pooled:
     cache = keras_home() / "datasets"
-    places = []
     if data_dir:
-        places += [data_dir, data_dir / "cifar-10-batches-py"]
-    places += [cache / "cifar-10-batches-py-target" / "cifar-10-batches-py", cache / "cifar-10-batches-py"]
+        places = [data_dir, data_dir / "cifar-10-batches-py"]
+    else:
+        places = [cache / "cifar-10-batches-py-target" / "cifar-10-batches-py", cache / "cifar-10-batches-py"]
     return _first_found("cifar10", places, CIFAR_FILES, _read_cifar_dir, _download_cifar,
                         "pass --data-dir DIR holding the extracted cifar-10-batches-py folder "
-                        "(from cifar-10-python.tar.gz)")
+                        "(from cifar-10-python.tar.gz)", explicit=data_dir is not None)
 
 
 def _first_found(name: str, places: list[Path], files: tuple[str, ...],
                  read: Callable[[Path], tuple[np.ndarray, np.ndarray]],
-                 download: Callable[[], tuple[np.ndarray, np.ndarray]], how: str) -> Pooled:
+                 download: Callable[[], tuple[np.ndarray, np.ndarray]], how: str,
+                 explicit: bool = False) -> Pooled:
+    """The first of ``places`` holding ``files``; else a download.  ``explicit``: only ``places``."""
     for d in places:
         if all((d / f).is_file() for f in files):
             x, y = read(d)
             return Pooled(x, y, str(d))
+    if explicit:
+        # The user named the place: reading other data instead would change what the study measures.
+        raise DataError(f"--data-dir: {name} files not found in {', '.join(str(p) for p in places)}: {how}")
     if os.environ.get("SEARCH_OFFLINE") != "1":
         try:
             x, y = download()
@@ -195,3 +201,115 @@ def imbalance(train_idx: np.ndarray, labels: np.ndarray, classes: tuple[int, ...
 
 def class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
     return np.bincount(labels, minlength=n_classes).tolist()
+
+
+# ---------------------------------------------------------------- imbalance profiles and the evaluation protocol
+
+PROFILES = ("paper", "long_tail", "step")
+
+
+def reduced_classes(profile: str, n_classes: int, paper_classes: tuple[int, ...]) -> tuple[int, ...]:
+    """The classes a profile makes minorities (what the ``reduced_recall`` metric averages over).
+
+    paper: the named ``reduce_classes``; long_tail and step: the upper half of the
+    class indices, ``n_classes // 2 .. n_classes - 1`` (the tail, resp. the reduced half).
+    The same classes are used for a balanced trial, so arms compare on the same classes.
+    """
+    if profile == "paper":
+        return tuple(paper_classes)
+    if profile in ("long_tail", "step"):
+        return tuple(range(n_classes // 2, n_classes))
+    raise ValueError(f"unknown imbalance profile {profile!r}; valid: {', '.join(PROFILES)}")
+
+
+def profile_targets(counts: list[int], profile: str, *, rho: float = 10.0,
+                    paper_classes: tuple[int, ...] = (0, 1, 2), fraction: float = 0.1) -> list[int]:
+    """How many training samples of each class a profile keeps, given the class counts ``counts``.
+
+    - paper: classes in ``paper_classes`` lose ``round(fraction * n_c)`` samples; others keep all.
+    - long_tail: class i keeps ``floor(n_i * rho ** (-i / (C - 1)))`` (exponential decay from
+      class 0, kept whole, to class C-1, kept at 1/rho).
+    - step: classes ``C // 2 .. C - 1`` keep ``floor(n_i / rho)``; the others keep all.
+
+    Every class keeps at least one sample (when it had one).
+    """
+    n = len(counts)
+    if profile == "paper":
+        out = [c - int(round(fraction * c)) if i in paper_classes else c for i, c in enumerate(counts)]
+    elif profile == "long_tail":
+        out = [int(math.floor(c * rho ** (-i / (n - 1)) + 1e-9)) if n > 1 else c for i, c in enumerate(counts)]
+    elif profile == "step":
+        out = [int(math.floor(c / rho + 1e-9)) if i >= n // 2 else c for i, c in enumerate(counts)]
+    else:
+        raise ValueError(f"unknown imbalance profile {profile!r}; valid: {', '.join(PROFILES)}")
+    return [max(t, min(c, 1)) for t, c in zip(out, counts)]
+
+
+def apply_profile(train_idx: np.ndarray, labels: np.ndarray, n_classes: int, profile: str, seed: int, *,
+                  rho: float = 10.0, paper_classes: tuple[int, ...] = (0, 1, 2),
+                  fraction: float = 0.1) -> np.ndarray:
+    """Keep a seeded random ``profile_targets`` subset of each class of ``train_idx`` (sorted indices)."""
+    if profile == "paper":  # the original code path: same samples dropped as before profiles existed
+        return imbalance(train_idx, labels, tuple(paper_classes), fraction, seed)
+    counts = class_counts(labels[train_idx], n_classes)
+    targets = profile_targets(counts, profile, rho=rho, paper_classes=paper_classes, fraction=fraction)
+    rng = np.random.default_rng(seed)
+    train_labels = labels[train_idx]
+    keep = np.zeros(len(train_idx), dtype=bool)
+    for c, t in enumerate(targets):
+        pos = np.flatnonzero(train_labels == c)
+        keep[rng.choice(pos, size=t, replace=False)] = True
+    return train_idx[keep]
+
+
+def protocol_split(labels: np.ndarray, train_ratio: float, seed: int, evaluation: str,
+                   validation_fraction: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(fit, validation, test) indices.
+
+    The train/test split is the same as ``split_indices`` in both protocols, so the
+    held-out test set of a ``validation`` study equals that of a ``test`` study with
+    the same ratio and seed.  With ``validation``, a stratified, seeded
+    ``validation_fraction`` of the training part becomes the validation set (before
+    any imbalance, so validation and test keep the original class distribution);
+    with ``test`` there is no validation set (None).
+    """
+    train, test = split_indices(labels, train_ratio, seed)
+    if evaluation == "test":
+        return train, None, test
+    if evaluation != "validation":
+        raise ValueError(f"unknown evaluation {evaluation!r}; valid: validation, test")
+    from sklearn.model_selection import train_test_split
+
+    # A seed of its own for the inner split, so it is not a function of the outer one's draw.
+    fit, val = train_test_split(train, test_size=validation_fraction, stratify=labels[train],
+                                random_state=(seed * 7919 + 1) % (2 ** 32))
+    return np.sort(fit), np.sort(val), test
+
+
+HANDLINGS = ("none", "class_weight", "focal", "oversample", "smote")
+
+
+def resample(x: np.ndarray, y: np.ndarray, method: str, seed: int, k_neighbors: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Oversample cached features with imbalanced-learn: every class up to the largest class's count.
+
+    ``oversample``: RandomOverSampler (duplicates of existing rows); ``smote``: SMOTE
+    (new rows interpolated between a sample and one of its ``k_neighbors`` nearest
+    same-class neighbours; k is lowered to the smallest class's count - 1).
+    """
+    if method == "oversample":
+        from imblearn.over_sampling import RandomOverSampler
+
+        sampler = RandomOverSampler(random_state=seed)
+    elif method == "smote":
+        from imblearn.over_sampling import SMOTE
+
+        smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
+        if smallest < 2:
+            from search.errors import TrialFailed
+
+            raise TrialFailed("smote needs at least 2 training samples in every class")
+        sampler = SMOTE(k_neighbors=min(k_neighbors, smallest - 1), random_state=seed)
+    else:
+        raise ValueError(f"not a resampling method: {method!r}")
+    xr, yr = sampler.fit_resample(x, y)
+    return np.asarray(xr, dtype=np.float32), np.asarray(yr, dtype=np.int64)

@@ -26,6 +26,15 @@ class HeadParams:
     learning_rate: float
     batch_size: int
     epochs: int
+    # Imbalance handling inside the loss ("oversample"/"smote" change the data, not the loss: see search.data).
+    handling: str = "none"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+
+    @property
+    def one_hot(self) -> bool:
+        """Focal loss and label smoothing need one-hot targets; plain cross-entropy keeps sparse labels."""
+        return self.handling == "focal" or self.label_smoothing > 0
 
 
 def build_head(n_features: int, n_classes: int, p: HeadParams, seed: int):
@@ -52,9 +61,23 @@ def full_model(backbone, head):
 def compile_model(model, p: HeadParams) -> None:
     import keras
 
-    # Sparse labels give the same loss as one-hot categorical cross-entropy without the one-hot copy.
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
-                  loss="sparse_categorical_crossentropy")
+    if p.handling == "focal":
+        # alpha=1: the focusing term alone, so the loss keeps cross-entropy's scale relative to L1/L2.
+        loss = keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=p.focal_gamma,
+                                                         label_smoothing=p.label_smoothing)
+    elif p.label_smoothing > 0:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
+    else:
+        # Sparse labels give the same loss as one-hot categorical cross-entropy without the one-hot copy.
+        loss = "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=loss)
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """scikit-learn's "balanced" weights n / (C_present * n_c) for the classes present in ``y``."""
+    counts = np.bincount(y, minlength=n_classes)
+    present = np.flatnonzero(counts)
+    return {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
 
 
 def fit(model, x: np.ndarray, y: np.ndarray, p: HeadParams, seed: int,
@@ -67,10 +90,13 @@ def fit(model, x: np.ndarray, y: np.ndarray, p: HeadParams, seed: int,
             on_epoch(epoch + 1, float((logs or {}).get("loss", float("nan"))))
 
     compile_model(model, p)
+    n_classes = int(model.output_shape[-1])
+    weights = class_weights(y, n_classes) if p.handling == "class_weight" else None
+    target = np.eye(n_classes, dtype=np.float32)[y] if p.one_hot else y
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
-    history = model.fit(x, y, batch_size=p.batch_size, epochs=p.epochs, shuffle=True, verbose=0,
-                        callbacks=[keras.callbacks.TerminateOnNaN(), _Report()])
+    history = model.fit(x, target, batch_size=p.batch_size, epochs=p.epochs, shuffle=True, verbose=0,
+                        class_weight=weights, callbacks=[keras.callbacks.TerminateOnNaN(), _Report()])
     elapsed = time.perf_counter() - start
     losses = history.history.get("loss", [])
     bad = [i + 1 for i, v in enumerate(losses) if not math.isfinite(v)]

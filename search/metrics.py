@@ -12,13 +12,16 @@ from sklearn import metrics as skm
 
 # Scalar metrics a config may name as objectives, besides the resource ones the
 # objective measures itself (train_time_s, test_time_s, peak_memory_mb).
+# f1 is macro F1; reduced_recall is the mean recall over the classes the imbalance profile reduces
+# (search.data.reduced_classes), computed the same way for balanced trials.
 QUALITY_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc",
-                   "worst_class_recall")
+                   "worst_class_recall", "reduced_recall")
 RESOURCE_METRICS = ("train_time_s", "test_time_s", "peak_memory_mb")
 METRICS = QUALITY_METRICS + RESOURCE_METRICS
 
 
-def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
+def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int,
+             reduced: tuple[int, ...] | list[int] = ()) -> dict:
     labels = list(range(n_classes))
     y_pred = proba.argmax(axis=1)
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
@@ -34,6 +37,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict:
         "f1": float(f1),
         "roc_auc": float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)),
         "worst_class_recall": float(per_class_recall.min()),
+        "reduced_recall": float(np.mean(per_class_recall[list(reduced)])) if len(reduced) else float("nan"),
         "per_class_recall": [float(r) for r in per_class_recall],
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }

@@ -59,7 +59,8 @@ def trial_spec(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     c = ctx.config
     return {"cache_dir": str(ctx.cache_dir), "key": ctx.cache_key, "n_classes": ctx.n_classes,
             "params": params, "seed": c.training.seed,
-            "reduce_classes": list(c.balance.reduce_classes), "reduce_fraction": c.balance.reduce_fraction}
+            "reduce_classes": list(c.balance.reduce_classes), "reduce_fraction": c.balance.reduce_fraction,
+            "evaluation": c.training.evaluation, "validation_fraction": c.training.validation_fraction}
 
 
 def mark_owner(trial: optuna.Trial) -> None:
@@ -80,6 +81,20 @@ def _slot_taken(trial: optuna.Trial, target: int) -> bool:
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     ahead = sum(t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number for t in trials)
     return complete + ahead >= target
+
+
+def set_constraints(trial: optuna.Trial, config: StudyConfig, result: dict[str, Any]) -> None:
+    """Budgets as Optuna constraints (feasible when <= 0): measured value minus budget, per budget."""
+    budgets = config.constraints.budgets()
+    if not budgets:
+        return
+    values = {metric: float(result[metric]) - budget for metric, budget in budgets.items()}
+    if hasattr(trial, "set_constraint"):  # Optuna >= 5
+        for metric, value in values.items():
+            trial.set_constraint(metric, value)
+    else:  # Optuna 4.x reads the list form ("constraints" system attribute) written by constraints_func
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(values.values()))
+    trial.set_user_attr("feasible", all(v <= 0 for v in values.values()))
 
 
 def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[[optuna.Trial], list[float]]:
@@ -108,6 +123,7 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
                   "start_memory_mb": outcome.start_memory_mb}
         for key, value in result.items():
             trial.set_user_attr(key, value)
+        set_constraints(trial, ctx.config, result)
         artifacts.upload_trial_pictures(trial, result, ctx)  # never raises: a picture never fails a trial
         return [result[m] for m in ctx.config.metric_names]
 

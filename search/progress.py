@@ -92,7 +92,7 @@ class Display:
             if trial.state == TrialState.COMPLETE:
                 vals = ", ".join(f"{m}={_fmt(v)}" for m, v in zip(self.metric_names, trial.values))
                 self.console.print(f"trial {trial.number} COMPLETE: {vals} "
-                                   f"[{self._complete()}/{self.target}]", highlight=False)
+                                   f"[{self._complete()}/{self.target}]{class_counts_text(trial)}", highlight=False)
             else:
                 reason = trial.user_attrs.get("fail_reason", "")
                 self.console.print(f"trial {trial.number} {trial.state.name}" + (f": {reason}" if reason else ""),
@@ -128,6 +128,18 @@ class Display:
             pick = max if d == optuna.study.StudyDirection.MAXIMIZE else min
             best.add_row(f"{m} ({'max' if pick is max else 'min'})", _fmt(pick(vals)) if vals else "-")
         return Group(head, Text(f"now: {self.stage or 'idle'}"), best)
+
+
+def class_counts_text(trial: FrozenTrial) -> str:
+    """The training class counts of a trial (and after resampling, when that changed them), for log lines."""
+    counts = trial.user_attrs.get("train_class_counts")
+    if not counts:
+        return ""
+    out = f"; train classes {counts}"
+    fit = trial.user_attrs.get("fit_class_counts")
+    if fit and fit != counts:
+        out += f" -> {trial.user_attrs.get('handling', 'resampled')} {fit}"
+    return out
 
 
 def pareto_table(study: optuna.Study, metric_names: list[str]) -> Table:

@@ -18,6 +18,7 @@ import os
 import socket
 import sqlite3
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -92,6 +93,8 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
             raise StorageError(f"--storage: cannot open {url}: {e}") from None
     else:
         engine_kwargs = dict(PG_POOL)
+    # Heartbeat and its retry callback are "experimental" (since v2.8): not news for a user.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(

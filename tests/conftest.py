@@ -90,6 +90,7 @@ units = 32
 [training]
 epochs = 1
 batch_size = 32
+evaluation = "test"
 
 [search_space]
 dropout = {{ type = "float", low = 0.1, high = 0.7 }}

@@ -43,7 +43,19 @@ def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path, monkeypat
     with pytest.raises(DataError) as e:
         data.load_pooled("cifar10", tmp_path / "empty")
     msg = str(e.value)
-    assert "cifar10 not found" in msg and str(tmp_path / "empty") in msg and "--data-dir" in msg
+    assert msg.startswith(f"--data-dir: cifar10 files not found in {tmp_path / 'empty'}")
+    with pytest.raises(DataError) as e:  # without --data-dir: the Keras cache, then (offline: no) download
+        data.load_pooled("cifar10")
+    msg = str(e.value)
+    assert "cifar10 not found (looked in " + str(tmp_path / "keras") in msg
+    assert "downloads disabled by SEARCH_OFFLINE=1" in msg and "--data-dir" in msg
+
+
+def test_named_data_dir_is_never_replaced_by_other_data(tmp_path):
+    """An explicit --data-dir without the files fails even though Debian's Fashion-MNIST exists."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="--data-dir: fashion_mnist files not found"):
+        data.load_pooled("fashion_mnist", tmp_path / "empty")
 
 
 def test_damaged_idx_file_is_reported(tmp_path):
