@@ -349,16 +349,18 @@ class StudyConfig(_Frozen):
     def identity(self) -> dict[str, Any]:
         """What a stored study must agree on to be resumed: all but run, sampler and prose.
 
-        Settings added after studies were first stored are left out at the value that
-        reproduces the behaviour from before they existed (``_LEGACY``), so those studies
-        still resume and keep their identity hash.
+        Settings added after studies were first stored are left out when all of their
+        section's are at the values that reproduce the behaviour from before they existed
+        (``_LEGACY``), so those studies still resume and keep their identity hash; so are
+        unset constraints.
         """
         d = self.as_json()
         for key in ("name", "description", "run", "sampler"):
             d.pop(key)
-        for (section, field), legacy in _LEGACY.items():
-            if d[section].get(field) == legacy:
-                del d[section][field]
+        for section, fields in _LEGACY.items():
+            if all(d[section][f] == legacy for f, legacy in fields.items()):
+                for f in fields:
+                    del d[section][f]
         if not self.constraints.budgets():
             del d["constraints"]
         return d
@@ -368,10 +370,12 @@ class StudyConfig(_Frozen):
 
 
 _INT_FIELDS = {"epochs", "batch_size", "units"}
-_LEGACY: dict[tuple[str, str], Any] = {
-    ("balance", "profile"): "paper", ("balance", "rho"): 10.0,
-    ("training", "handling"): "none", ("training", "focal_gamma"): 2.0, ("training", "label_smoothing"): 0.0,
-    ("training", "evaluation"): "test", ("training", "validation_fraction"): 0.2,
+# Per section, the settings added after the first studies were stored and the values that reproduce the
+# behaviour from before; when all of a section's are at those values they are left out of the identity.
+_LEGACY: dict[str, dict[str, Any]] = {
+    "balance": {"profile": "paper", "rho": 10.0},
+    "training": {"handling": "none", "focal_gamma": 2.0, "label_smoothing": 0.0, "evaluation": "test",
+                 "validation_fraction": 0.2},
 }
 
 

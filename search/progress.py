@@ -43,6 +43,7 @@ class Display:
         self.started = time.monotonic()
         self.durations: list[float] = []
         self._trial_start = time.monotonic()
+        self.last_counts = ""  # training class counts of the last COMPLETE trial
 
     # -- lifecycle
     def start(self, study: optuna.Study, target: int, metric_names: list[str]) -> None:
@@ -88,6 +89,7 @@ class Display:
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             self.durations.append(time.monotonic() - self._trial_start)
+            self.last_counts = f"trial {trial.number}{class_counts_text(trial)}"
         if self.live is None:
             if trial.state == TrialState.COMPLETE:
                 vals = ", ".join(f"{m}={_fmt(v)}" for m, v in zip(self.metric_names, trial.values))
@@ -127,7 +129,10 @@ class Display:
             vals = [v for v in vals if not math.isnan(v)]
             pick = max if d == optuna.study.StudyDirection.MAXIMIZE else min
             best.add_row(f"{m} ({'max' if pick is max else 'min'})", _fmt(pick(vals)) if vals else "-")
-        return Group(head, Text(f"now: {self.stage or 'idle'}"), best)
+        lines = [head, Text(f"now: {self.stage or 'idle'}")]
+        if self.last_counts:
+            lines.append(Text(f"last: {self.last_counts.replace('; ', ': ', 1)}"))
+        return Group(*lines, best)
 
 
 def class_counts_text(trial: FrozenTrial) -> str:
