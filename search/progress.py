@@ -82,9 +82,16 @@ class Display:
         elif "total" in event:
             stage = f"{stage} {event['done']}/{event['total']} images"
         self.stage = stage
-        if self.live is None and ("total" not in event or event["done"] in (0, event["total"])):
+        if self.live is None and ("total" not in event or self._tenth_crossed(event["done"], event["total"])):
             self.console.print(f"  {stage}")
         self._refresh()
+
+    def _tenth_crossed(self, done: int, total: int) -> bool:
+        """Plain output: a line at the start, the end and every 10% (extraction takes minutes)."""
+        tenth = 10 * done // max(total, 1)
+        crossed = done in (0, total) or tenth > getattr(self, "_last_tenth", -1)
+        self._last_tenth = -1 if done == total else tenth
+        return crossed
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
