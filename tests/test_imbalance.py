@@ -382,3 +382,51 @@ def test_imbalance_studies_are_shipped():
         assert c.training.evaluation == "validation" and c.balance.profile == "step"
         assert {"balance", "handling"} <= set(c.search_space)
         assert "reduced_recall" in c.metric_names and c.constraints.budgets()
+
+
+# ---------------------------------------------------------------- search.confirm end to end
+
+@pytest.mark.slow
+def test_confirm_repeats_pareto_trials_with_other_seeds(tiny):
+    """search.run on a tiny validation study, then search.confirm --seeds 2: mean/std stored on the study."""
+    import subprocess
+    import sys
+
+    from .conftest import TINY_CONFIG, cli_env
+    from .test_workers import seed_cache
+
+    text = (TINY_CONFIG.format(n_trials=2).replace('evaluation = "test"', 'evaluation = "validation"')
+            .replace('metric = "accuracy"', 'metric = "balanced_accuracy"'))
+    path = tiny.config(text=text)
+    entry = seed_cache(tiny, path)
+    labels = np.load(entry / "labels.npy")
+    x = (np.eye(10)[labels] * 3 + np.random.default_rng(0).normal(size=(len(labels), 10))).astype(np.float32)
+    np.save(entry / "features.npy", x)  # informative features, so that seeds give different results
+    from search.features import _sha256
+    import json
+
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["sha256"]["features"] = _sha256(entry / "features.npy")
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+    r = tiny.run(*tiny.args(path))
+    assert r.returncode == 0, r.stderr
+    c = subprocess.run([sys.executable, "-m", "search.confirm", "--study", "tiny", "--storage", tiny.storage,
+                        "--cache-dir", str(tiny.cache_dir), "--seeds", "2"],
+                       cwd=tiny.tmp, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert c.returncode == 0, c.stderr
+    assert "mean ± std" in c.stdout
+    study = optuna.load_study(study_name="tiny", storage=tiny.storage)
+    out = study.user_attrs["search:confirm"]
+    assert out["seeds"] == [1, 2] and out["evaluation"] == "validation"
+    assert set(out["trials"]) == {str(t.number) for t in study.best_trials}
+    for entry in out["trials"].values():
+        m = entry["metrics"]
+        assert m["balanced_accuracy"]["n"] == 2 and len(m["test_balanced_accuracy"]["values"]) == 2
+        vals = m["balanced_accuracy"]["values"]
+        assert m["balanced_accuracy"]["mean"] == pytest.approx(sum(vals) / 2)
+        assert m["balanced_accuracy"]["std"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+
+    bad = subprocess.run([sys.executable, "-m", "search.confirm", "--study", "nope", "--storage", tiny.storage],
+                         cwd=tiny.tmp, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no study 'nope'" in bad.stderr
