@@ -3,8 +3,10 @@
 Each trial (and the one-time feature extraction) runs in its own process, so
 that Keras/TensorFlow memory that grows from trial to trial cannot leak into
 the next one, a crash or out-of-memory kill fails only that trial, and the
-peak memory objective belongs to that trial alone: it is the child's
-``ru_maxrss`` read with ``os.wait4``, the exact high-water mark of its RSS.
+peak memory objective belongs to that trial alone: it is the child's own
+RSS high-water mark (``VmHWM``, reported by the child at its end; ``ru_maxrss``
+from ``os.wait4`` only when the child could not report, as it may include the
+parent's peak).
 
 Protocol: the parent writes the job as JSON to the child's stdin; the child
 writes JSON lines to its stdout (progress events, then one result or error).
@@ -73,9 +75,10 @@ def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], 
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
-        peak_mb = usage.ru_maxrss / 1024.0  # Linux reports kilobytes
+        peak_mb = usage.ru_maxrss / 1024.0  # Linux reports kilobytes; may include the parent's peak
         if final is not None and final["event"] == "result":
-            return Outcome(final["result"], peak_mb, start_mb)
+            own = final.get("peak_rss_mb")
+            return Outcome(final["result"], own if own is not None else peak_mb, start_mb)
         if final is not None:
             cls = getattr(errors, final["kind"], None)
             if isinstance(cls, type) and issubclass(cls, errors.SearchError):
@@ -131,7 +134,24 @@ def _child_main() -> None:
         traceback.print_exc()
         emit("error", kind="TrialFailed", message=f"{type(e).__name__}: {e}")
         return
-    emit("result", result=result)
+    emit("result", result=result, peak_rss_mb=_own_peak_mb())
+
+
+def _own_peak_mb() -> float | None:
+    """This process's RSS high-water mark (VmHWM): per address space, so it starts afresh at exec.
+
+    ``ru_maxrss`` from ``wait4`` is not enough alone: Linux carries the parent's
+    high-water mark into a forked (or vforked) child across exec, so a child of a
+    large parent reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ def test_allocation_shows_in_peak_memory():
     assert big.peak_memory_mb - small.peak_memory_mb >= 230  # the 1 MB job has a few MB of its own
 
 
+def test_peak_is_the_child_own_even_under_a_large_parent():
+    """Linux carries a parent's RSS peak into its child's ru_maxrss; the trial's peak must not include it."""
+    import numpy as np
+
+    ballast = np.ones(800 * 2**20, dtype=np.uint8)  # the parent now holds 800 MB more
+    small = run_isolated("tests.jobs:allocate", {"mb": 1})
+    assert small.peak_memory_mb < 400, small
+    assert ballast[-1] == 1
+
+
 def test_exception_fails_with_its_reason():
     with pytest.raises(TrialFailed, match="ValueError: boom in the trial"):
         run_isolated("tests.jobs:crash", {})
