@@ -66,7 +66,7 @@ def fast_trial(spec: dict[str, Any], report: Any) -> dict[str, Any]:
     report(stage="training", epoch=1, epochs=1, loss=1.0 - acc)
     result = {"accuracy": acc, "balanced_accuracy": acc, "precision": acc, "recall": acc, "f1": acc,
               "roc_auc": 0.5 + acc / 2, "worst_class_recall": min(recall),
-              "reduced_recall": sum(recall[c] for c in spec["reduce_classes"]) / len(spec["reduce_classes"]),
+              "reduced_recall": sum(recall[c] for c in spec.get("reduce_classes", [0])) / len(spec.get("reduce_classes", [0])),
               "train_time_s": seconds,
               "test_time_s": 0.0, "n_train": 10 * n, "n_test": per_test * n,
               "train_class_counts": [10] * n, "test_class_counts": [per_test] * n}
