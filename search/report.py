@@ -10,6 +10,11 @@ Prints the Pareto set as a table and writes to ``--out`` (default
 - ``accuracy_auc_vs_params.png``: accuracy and ROC AUC against each searched parameter;
 - ``summary.md`` linking all of them.
 
+A study confirmed with ``python -m search.confirm`` also gets ``repeats.csv``,
+``repeats.png`` (each confirmed trial's mean with its 95% interval, next to the
+single search run) and a section with the differences between confirmed trials
+one parameter apart, each with its 95% interval.
+
 With ``--paper``, a study that mirrors one of the paper's tables
 (``search/paper.toml``) also gets ``paper_comparison.csv``,
 ``paper_comparison.png`` and a section that sets our values next to the
@@ -37,7 +42,8 @@ _QUALITY = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_a
             "reduced_recall")
 # test_*: the held-out test metrics of a study evaluated on validation (absent from test-protocol studies).
 SCALAR_ATTRS = (*_QUALITY, "train_time_s", "test_time_s", "peak_memory_mb", "start_memory_mb", "n_train",
-                "n_val", "n_test", "evaluation", "handling", "feasible", *(f"test_{m}" for m in _QUALITY))
+                "n_val", "n_test", "evaluation", "handling", "feasible", "keras_backend",
+                *(f"test_{m}" for m in _QUALITY))
 AGREE_TOLERANCE = 0.02  # |ours - paper| on a 0..1 metric within which we call it agreement
 
 
@@ -344,6 +350,89 @@ def fig_quality_vs_params(d: StudyData):
     return fig
 
 
+# ---------------------------------------------------------------- repeats (search.confirm)
+
+def repeat_metrics(d: StudyData, confirmed: dict[str, Any]) -> list[str]:
+    """The objectives that are quality metrics, then their held-out test_* twins: what a claim is about."""
+    present = {m for e in confirmed.get("trials", {}).values() for m in e["metrics"]}
+    quality = [m for m in d.metric_names if m in _QUALITY] or [m for m in ("accuracy", "roc_auc") if m in present]
+    return [m for m in [*quality, *(f"test_{m}" for m in quality)] if m in present]
+
+
+def repeat_rows(d: StudyData, confirmed: dict[str, Any], metrics: list[str]) -> list[dict[str, Any]]:
+    by_number = {t.number: t for t in d.trials}
+    rows = []
+    for number, entry in sorted(confirmed.get("trials", {}).items(), key=lambda kv: int(kv[0])):
+        single = by_number.get(int(number))
+        for m in metrics:
+            s = entry["metrics"].get(m)
+            if s:
+                rows.append({"trial": int(number), **{f"param_{k}": v for k, v in entry["params"].items()},
+                             "metric": m, "mean": s["mean"], "std": s["std"], "n": s["n"],
+                             "ci95_low": (s.get("ci95") or ["", ""])[0], "ci95_high": (s.get("ci95") or ["", ""])[1],
+                             "search_run": single.user_attrs.get(m, "") if single is not None else ""})
+    return rows
+
+
+def fig_repeats(d: StudyData, confirmed: dict[str, Any], metrics: list[str]):
+    entries = sorted(confirmed.get("trials", {}).items(), key=lambda kv: int(kv[0]))
+    if not entries or not metrics:
+        return None
+    by_number = {t.number: t for t in d.trials}
+    ncols = min(2, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = _fig(max(5.0, 0.9 * len(entries) + 2) * ncols, 3.4 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    labels = [f"{n}: " + ", ".join(str(v) for v in e["params"].values()) for n, e in entries]
+    for ax, m in zip(axes, metrics):
+        for x, (n, e) in enumerate(entries):
+            s = e["metrics"].get(m)
+            if not s:
+                continue
+            lo, hi = s.get("ci95") or (s["mean"], s["mean"])
+            ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - lo], [hi - s["mean"]]], fmt="o", c="tab:blue",
+                        capsize=4, label="mean over seeds, 95% interval" if x == 0 else None)
+            ax.scatter([x - 0.15] * len(s["values"]), s["values"], s=10, c="0.5", zorder=3,
+                       label="each seed" if x == 0 else None)
+            single = by_number.get(int(n))
+            if single is not None and m in single.user_attrs:
+                ax.scatter([x + 0.15], [single.user_attrs[m]], marker="x", c="tab:red",
+                           label="the search's single run" if x == 0 else None)
+        ax.set_xticks(range(len(entries)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(m)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{d.name}: confirmed trials over seeds {confirmed.get('seeds')}")
+    return fig
+
+
+def repeats_md(d: StudyData, confirmed: dict[str, Any], metrics: list[str], png: Path | None) -> list[str]:
+    from search.confirm import differences, interval
+
+    entries = sorted(confirmed.get("trials", {}).items(), key=lambda kv: int(kv[0]))
+    lines = ["", "## Repeats (`search.confirm`)", "",
+             f"Each trial below re-run with seeds {confirmed.get('seeds')} (a new split, subsample and "
+             f"initialization each): mean ± std [95% t-interval of the mean].", ""]
+    lines.append(md_table(["trial", "params", *metrics],
+                          [[n, ", ".join(f"{k}={v}" for k, v in e["params"].items()),
+                            *(interval(e["metrics"][m]) if m in e["metrics"] else "" for m in metrics)]
+                           for n, e in entries]))
+    diffs = differences(confirmed, metrics)
+    if diffs:
+        lines += ["", "Confirmed trials one parameter apart: difference of the means (b - a) with its 95% "
+                      "interval (paired over the shared seeds, or Welch); a claim holds only where the "
+                      "interval excludes 0.", "",
+                  md_table(["metric", "parameter", "a", "b", "difference", "95% interval", "test", "verdict"],
+                           [[x.metric, x.param, f"{x.a_value} (trial {x.a})", f"{x.b_value} (trial {x.b})",
+                             f"{x.diff:+.4f}", f"[{x.low:+.4f}, {x.high:+.4f}]", f"{x.test}, n={x.n}", x.verdict]
+                            for x in diffs])]
+    if png is not None:
+        lines += ["", f"![repeats]({png.name})"]
+    return lines
+
+
 # ---------------------------------------------------------------- paper comparison
 
 def load_paper(path: Path = PAPER_FILE) -> dict[str, Any]:
@@ -516,7 +605,8 @@ def evaluation_text(config: dict[str, Any]) -> str:
 
 
 def summary_md(d: StudyData, files: dict[str, Path | None], notes: dict[str, str],
-               paper: tuple[list[Comparison], list[str]] | None, paper_note: str) -> str:
+               paper: tuple[list[Comparison], list[str]] | None, paper_note: str,
+               repeats: list[str] | None = None) -> str:
     from optuna.trial import TrialState
 
     counts = {s.name: sum(t.state == s for t in d.trials) for s in TrialState}
@@ -572,6 +662,9 @@ def summary_md(d: StudyData, files: dict[str, Path | None], notes: dict[str, str
               f"- [pareto.csv]({files['pareto_csv'].name}): the Pareto set"]
     if files.get("paper_csv"):
         lines.append(f"- [paper_comparison.csv]({files['paper_csv'].name}): the paper comparison")
+    if files.get("repeats_csv"):
+        lines.append(f"- [repeats.csv]({files['repeats_csv'].name}): the confirmed trials, per seed summary")
+    lines += repeats or []
     if paper is not None or paper_note:
         lines += ["", "## Comparison with the paper", ""]
         if paper_note:
@@ -641,6 +734,17 @@ def _run(args: argparse.Namespace) -> int:
     if files["accuracy_auc_vs_params"] is None:
         notes["accuracy_auc_vs_params"] = "needs searched parameters and COMPLETE trials with accuracy/roc_auc"
 
+    repeats = None
+    confirmed = d.study.user_attrs.get("search:confirm")
+    if confirmed and confirmed.get("trials"):
+        metrics = repeat_metrics(d, confirmed)
+        rows = repeat_rows(d, confirmed, metrics)
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        files["repeats_csv"] = write_csv(out / "repeats.csv", cols, rows)
+        files["repeats"] = save(fig_repeats(d, confirmed, metrics), out / "repeats.png")
+        repeats = repeats_md(d, confirmed, metrics, files["repeats"])
+        console.print("\n".join(repeats), highlight=False, markup=False)
+
     paper_result = None
     paper_note = ""
     if args.paper:
@@ -671,7 +775,7 @@ def _run(args: argparse.Namespace) -> int:
                 console.print(f"  {line}", highlight=False)
 
     summary = out / "summary.md"
-    summary.write_text(summary_md(d, files, notes, paper_result, paper_note))
+    summary.write_text(summary_md(d, files, notes, paper_result, paper_note, repeats))
     n_png = sum(1 for k, p in files.items() if p is not None and p.suffix == ".png")
     console.print(f"report: {summary} ({len(d.trials)} trials, {n_png} figures)", highlight=False)
     return 0

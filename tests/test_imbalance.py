@@ -430,3 +430,22 @@ def test_confirm_repeats_pareto_trials_with_other_seeds(tiny):
     bad = subprocess.run([sys.executable, "-m", "search.confirm", "--study", "nope", "--storage", tiny.storage],
                          cwd=tiny.tmp, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no study 'nope'" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "search.confirm", "--study", "tiny", "--storage", tiny.storage,
+                          "--cache-dir", str(tiny.cache_dir), "--trials", "0,99"],
+                         cwd=tiny.tmp, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --trials: not COMPLETE trials of 'tiny': [99]")
+    assert optuna.load_study(study_name="tiny", storage=tiny.storage).user_attrs["search:confirm"] == out
+
+    # --all adds the other trials with the same seeds and keeps what was confirmed; the report shows them all.
+    c = subprocess.run([sys.executable, "-m", "search.confirm", "--study", "tiny", "--storage", tiny.storage,
+                        "--cache-dir", str(tiny.cache_dir), "--seeds", "2", "--all"],
+                       cwd=tiny.tmp, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert c.returncode == 0, c.stderr
+    both = optuna.load_study(study_name="tiny", storage=tiny.storage).user_attrs["search:confirm"]
+    assert set(both["trials"]) == {"0", "1"}
+    r = subprocess.run([sys.executable, "-m", "search.report", "--study", "tiny", "--storage", tiny.storage,
+                        "--out", str(tiny.tmp / "rep")], cwd=tiny.tmp, env=cli_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = (tiny.tmp / "rep" / "summary.md").read_text()
+    assert "## Repeats" in summary and (tiny.tmp / "rep" / "repeats.png").stat().st_size > 10_000

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -217,3 +218,80 @@ def test_paper_numbers_are_typed_in_as_printed():
     for cells in t10:
         (row,) = [r for r in paper["table10"]["rows"] if r["setting"] == cells[0]]
         assert [row["values"][m] for m in paper["table10"]["metrics"]] == [float(c) for c in cells[1:6]]
+
+
+# ---------------------------------------------------------------- repeats from search.confirm
+
+SEEDS = [1, 2, 3, 4, 5]
+CONFIRMED = {  # trial -> (params, balanced_accuracy per seed)
+    0: ({"balance": "balanced", "handling": "none"}, [0.80, 0.82, 0.81, 0.83, 0.79]),
+    1: ({"balance": "imbalanced", "handling": "none"}, [0.70, 0.71, 0.69, 0.72, 0.70]),
+    2: ({"balance": "imbalanced", "handling": "class_weight"}, [0.71, 0.70, 0.70, 0.72, 0.69]),
+}
+
+
+@pytest.fixture
+def confirmed_study(tmp_path) -> str:
+    """A study as search.run + search.confirm leave it, written directly: 3 trials, 5 seeds each."""
+    from optuna.distributions import CategoricalDistribution
+
+    from search.confirm import CONFIRM_ATTR, summarize
+
+    storage = f"sqlite:///{tmp_path / 'c.db'}"
+    study = optuna.create_study(study_name="imb", storage=storage, directions=["maximize", "minimize"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["balanced_accuracy", "train_time_s"])
+    dists = {"balance": CategoricalDistribution(["balanced", "imbalanced"]),
+             "handling": CategoricalDistribution(["none", "class_weight"])}
+    out = {"seeds": SEEDS, "evaluation": "validation", "trials": {}}
+    for number, (params, values) in CONFIRMED.items():
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=[values[0], 1.0 + number],
+                                                  user_attrs={"balanced_accuracy": values[0]}))
+        out["trials"][str(number)] = {"params": params, "metrics": {"balanced_accuracy": summarize(values)}}
+    study.set_user_attr(CONFIRM_ATTR, out)
+    return storage
+
+
+def test_summarize_gives_the_t_interval_of_the_mean():
+    from search.confirm import summarize
+
+    s = summarize([1.0, 2.0, 3.0, float("nan")])
+    assert (s["mean"], s["std"], s["n"]) == (2.0, 1.0, 3)
+    assert s["ci95"] == pytest.approx([2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5])
+    assert summarize([0.5])["ci95"] is None
+
+
+def test_differences_pair_trials_one_parameter_apart_with_their_interval():
+    from scipy import stats
+
+    from search.confirm import differences, summarize
+
+    out = {"seeds": SEEDS, "trials": {str(n): {"params": p, "metrics": {"balanced_accuracy": summarize(v)}}
+                                      for n, (p, v) in CONFIRMED.items()}}
+    diffs = {(d.a, d.b): d for d in differences(out, ["balanced_accuracy"])}
+    assert set(diffs) == {("0", "1"), ("1", "2")}  # 0 and 2 differ in two parameters: no claim
+    bal = diffs[("0", "1")]
+    ci = stats.ttest_rel(CONFIRMED[1][1], CONFIRMED[0][1]).confidence_interval()
+    assert (bal.param, bal.test, bal.n) == ("balance", "paired", 5)
+    assert (bal.low, bal.high) == pytest.approx((ci.low, ci.high))
+    assert bal.diff == pytest.approx(-0.106) and bal.verdict == "balance=imbalanced lower"
+    assert diffs[("1", "2")].verdict == "no difference shown"
+
+
+def test_report_shows_confirmed_trials_with_intervals_and_claims(confirmed_study, tmp_path):
+    out = tmp_path / "rep"
+    r = report_cli("--study", "imb", "--storage", confirmed_study, "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = (out / "summary.md").read_text()
+    assert "## Repeats" in summary and "![repeats](repeats.png)" in summary
+    assert "0.81 ± 0.016 [0.7904, 0.8296]" in summary  # trial 0: mean, std, t-interval
+    claim = next(ln for ln in summary.splitlines() if ln.startswith("| balanced_accuracy | balance |"))
+    assert "balance=imbalanced lower" in claim and "paired, n=5" in claim
+    assert "no difference shown" in next(ln for ln in summary.splitlines()
+                                         if ln.startswith("| balanced_accuracy | handling |"))
+    rows = _rows(out / "repeats.csv")
+    assert [(r["trial"], r["metric"], r["n"]) for r in rows] == [(str(n), "balanced_accuracy", "5") for n in CONFIRMED]
+    assert float(rows[0]["search_run"]) == CONFIRMED[0][1][0]
+    with Image.open(out / "repeats.png") as im:
+        assert im.format == "PNG" and im.size[0] > 400 and (out / "repeats.png").stat().st_size > 10_000
