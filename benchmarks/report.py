@@ -49,7 +49,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                         "value": f"{b['gflops'] / lim:.0%} at batch {b['batch_size']} "
                                  f"({b32['gflops'] / lim:.0%} at batch 32); limit {lim:.0f} GFLOP/s",
                         "met": b["gflops"] / lim >= 0.5})
-    tf = next(t for t in res["trials"] if t["backend"] == "tensorflow" and t["storage"] == "float32")
+    # The reference trial: the service's default backend (jax), the shortest trial, so the largest share.
+    tf = next(t for b in ("jax", "tensorflow") for t in res["trials"] if t["backend"] == b and t["storage"] == "float32")
     full = res["plan_settings"]["trial_subset"] == 0
     ref = extrapolate(tf, MEAN_EPOCHS, 0.7 / 0.8) if full else tf["wall_s"]
     what = "mean fmnist_reg trial (15 epochs, extrapolated)" if full else "the quick slice trial"
@@ -68,10 +69,15 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                         "met": e["study_30_mean_h"] < 1})
     if not est:
         out.append({"target": "30-trial fmnist_reg study < 1 h", "value": "not measured by --quick", "met": None})
-    peak = max(t["peak_memory_mb"] for t in res["trials"])
-    out.append({"target": "trial peak memory < 2 GB",
-                "value": f"{peak:.0f} MB (max over {len(res['trials'])} trials on {res['trial_n_images']} images)",
-                "met": peak < 2048})
+    for backend in dict.fromkeys(t["backend"] for t in res["trials"]):  # the default backend (jax) first
+        runs = [t for t in res["trials"] if t["backend"] == backend and t.get("storage", "float32") == "float32"]
+        if not runs:
+            continue
+        peak = max(t["peak_memory_mb"] for t in runs)
+        default = " (the service's default)" if backend == "jax" else ""
+        out.append({"target": f"trial peak memory < 2 GB ({backend}{default})",
+                    "value": f"{peak:.0f} MB (max over {len(runs)} trials on {res['trial_n_images']} images)",
+                    "met": peak < 2048})
     return out
 
 

@@ -29,13 +29,13 @@ PLANS: dict[str, dict[str, Any]] = {
     "quick": {
         "extraction_subset": 2000, "compare_subset": 2000, "compare_split": 0.5, "compare_epochs": 2,
         "sweep_rows": 8192, "sweep_batches": BATCHES_QUICK, "variants": False, "float16_backends": [],
-        "trial_subset": 2000, "trial_epochs": 2, "trial_backends": ["tensorflow", "jax"],
+        "trial_subset": 2000, "trial_epochs": 2, "trial_backends": ["jax", "tensorflow"],
         "optuna_trials": 100, "kt_subset": 1000, "kt_trials": 2, "kt_epochs": (1, 2),
     },
     "full": {
         "extraction_subset": 0, "compare_subset": 3000, "compare_split": 2 / 3, "compare_epochs": 2,
         "sweep_rows": 42000, "sweep_batches": BATCHES_FULL, "variants": True, "variant_rows": 14000,
-        "trial_subset": 0, "trial_epochs": 3, "trial_backends": ["tensorflow", "jax"], "float16_backends": ["jax"],
+        "trial_subset": 0, "trial_epochs": 3, "trial_backends": ["jax", "tensorflow"], "float16_backends": ["jax"],
         "optuna_trials": 500, "kt_subset": 2500, "kt_trials": 4, "kt_epochs": (1, 3),
     },
 }

@@ -68,3 +68,28 @@ def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
                                                                                      ("float16", dst_dir))}
     return {"size_mb": size, "train_rows_load_s": load, "all_finite": finite, "max_rel_error": rel,
             "meta": json.loads((dst_dir / key / "meta.json").read_text())["shape"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.trial [--epochs 2] [--split 0.8] BACKEND...``: one fmnist_reg trial per backend."""
+    import argparse
+
+    from benchmarks.common import ensure_features
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.trial", description=main.__doc__)
+    p.add_argument("backends", nargs="+", choices=["tensorflow", "jax", "torch"])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--split", type=float, default=0.8)
+    p.add_argument("--cache-dir", type=Path, default=features.default_cache_dir(),
+                   help="feature cache (random-weight features of all of Fashion-MNIST are built if missing)")
+    a = p.parse_args(argv)
+    cached = ensure_features(a.cache_dir, 0)
+    for backend in a.backends:
+        r = run(fmnist_reg_spec(cached.cache_dir, cached.key, a.epochs, a.split), backend)
+        print(json.dumps({k: r[k] for k in ("backend", "n_train", "epochs", "wall_s", "first_epoch_s",
+                                            "steady_epoch_s", "peak_memory_mb", "accuracy")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -187,7 +187,9 @@ def _run(args: argparse.Namespace) -> int:
         runs = []
         for seed in seeds:
             spec = {**obj.trial_spec(ctx, params), "seed": seed}
-            outcome = run_isolated("search.trial:run_trial", spec, echo_stderr=args.debug)
+            # The trial's own backend: its repeats must measure time and memory the way it did.
+            env = {"KERAS_BACKEND": t.user_attrs.get("keras_backend", "tensorflow")}
+            outcome = run_isolated("search.trial:run_trial", spec, env=env, echo_stderr=args.debug)
             runs.append({**outcome.result, "peak_memory_mb": outcome.peak_memory_mb})
             print(f"trial {t.number} seed {seed}: " + ", ".join(
                 f"{m}={runs[-1][m]:.4g}" for m in config.metric_names), file=sys.stderr)

@@ -34,6 +34,7 @@ class Context:
     target: int
     debug: bool = False
     artifact_dir: Path | None = None  # where trial pictures go (search.artifacts); None: no pictures
+    backend: str = "jax"  # the Keras backend of the trial processes (search.head.resolve_backend)
 
 
 def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
@@ -110,7 +111,8 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
                 on_event({"event": "trial", "number": trial.number, "params": params})
                 # SEARCH_TRIAL_FN: a stand-in trial for concurrency tests and benchmarks (search.workers:fast_trial).
                 outcome = run_isolated(os.environ.get("SEARCH_TRIAL_FN", "search.trial:run_trial"),
-                                       trial_spec(ctx, params), on_event, echo_stderr=ctx.debug)
+                                       trial_spec(ctx, params), on_event, env={"KERAS_BACKEND": ctx.backend},
+                                       echo_stderr=ctx.debug)
         except TrialFailed as e:
             trial.set_user_attr("fail_reason", str(e))
             raise

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between trial heartbeats; a trial silent for 3x this is retried (default 10)")
     p.add_argument("--artifact-dir", type=Path,
                    help="where trial pictures are stored (default: <db name>-artifacts/ beside a SQLite file)")
+    p.add_argument("--backend", help="Keras backend the trials train on: jax, tensorflow or torch "
+                                      "(default: $KERAS_BACKEND, else jax)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine, sharing the study and its target (default 1)")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # internal: worker I of --workers N
@@ -62,6 +64,9 @@ def _check_flags(a: argparse.Namespace) -> None:
         raise UsageError(f"--heartbeat: must be positive, got {a.heartbeat}")
     if a.data_dir is not None and not a.data_dir.is_dir():
         raise UsageError(f"--data-dir: {a.data_dir} is not a directory")
+    from search.head import resolve_backend
+
+    a.backend = resolve_backend(a.backend)
 
 
 def default_study_name(config_name: str, weights: str | None) -> str:
@@ -149,14 +154,16 @@ def _run(args: argparse.Namespace) -> int:
         study.set_user_attr("search:data", {"source": pooled.source, "n_images": int(len(pooled.labels)),
                                             "class_names": list(data.CLASS_NAMES[config.dataset.name]),
                                             "class_counts": data.class_counts(pooled.labels, n_classes)})
-    display.message(f"study {study_name!r} ({'new' if created else 'resumed'}) in {st._masked(storage_url)}")
+    display.message(f"study {study_name!r} ({'new' if created else 'resumed'}) in {st._masked(storage_url)}; "
+                    f"trials train on Keras/{args.backend}")
 
     # 4. Optimize until the target of COMPLETE trials is reached.
     from search import artifacts
 
     ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=n_classes,
                       target=config.run.n_trials, debug=args.debug,
-                      artifact_dir=artifacts.prepare(study, storage_url, args.artifact_dir))
+                      artifact_dir=artifacts.prepare(study, storage_url, args.artifact_dir),
+                      backend=args.backend)
     if args.workers > 1 and not args.worker:
         from search.workers import run_workers
 

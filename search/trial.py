@@ -47,8 +47,12 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
                          learning_rate=p["learning_rate"], batch_size=p["batch_size"], epochs=p["epochs"],
                          handling=handling, focal_gamma=p.get("focal_gamma", 2.0),
                          label_smoothing=p.get("label_smoothing", 0.0))
-    # Fancy indexing copies the rows out of the memory map once, so epochs read RAM, not disk.
+    # Fancy indexing copies the rows out of the memory map once, so epochs read RAM, not disk; the map
+    # (the whole cache file, counted in this process's peak memory while mapped) is closed before training.
     x_train, y_train = np.asarray(x[fit_idx], dtype=np.float32), y[fit_idx]
+    x_test = np.asarray(x[test_idx], dtype=np.float32)
+    x_val = None if val_idx is None else np.asarray(x[val_idx], dtype=np.float32)
+    del x
     if handling in ("oversample", "smote"):
         report(stage=f"resampling ({handling})")
         x_train, y_train = data.resample(x_train, y_train, handling, seed)
@@ -60,7 +64,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     del x_train
 
     report(stage="evaluating")
-    proba, test_time = head.predict(model, np.asarray(x[test_idx], dtype=np.float32))
+    proba, test_time = head.predict(model, x_test)
     test_metrics = metrics.evaluate(y[test_idx], proba, n_classes, reduced)
     import keras  # already loaded by head: which backend trained it is part of what time and memory mean
 
@@ -71,7 +75,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
                   test_class_counts=data.class_counts(y[test_idx], n_classes))
     if val_idx is None:
         return {**test_metrics, **common, "test_time_s": test_time}
-    val_proba, val_time = head.predict(model, np.asarray(x[val_idx], dtype=np.float32))
+    val_proba, val_time = head.predict(model, x_val)
     result = metrics.evaluate(y[val_idx], val_proba, n_classes, reduced)
     result.update({f"test_{k}": v for k, v in test_metrics.items()})
     result.update(common, test_time_s=val_time, heldout_test_time_s=test_time, n_val=int(len(val_idx)),

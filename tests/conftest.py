@@ -153,7 +153,8 @@ class Tiny:
 
 
 def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "SEARCH_OFFLINE": "1", "SEARCH_CONFIGS_DIR": str(ROOT / "study_configs")}
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # the service's defaults, not this shell's
+    return {**env, "PYTHONPATH": str(ROOT), "SEARCH_OFFLINE": "1", "SEARCH_CONFIGS_DIR": str(ROOT / "study_configs")}
 
 
 def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:

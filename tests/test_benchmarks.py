@@ -76,7 +76,11 @@ def test_targets_and_markdown_from_a_result():
     met = {t["target"]: t["met"] for t in ts}
     assert met["cached trial >= 10x faster than backbone in the loop (batch 32)"] is True
     assert met["head training >= 50% of numpy matmul at best batch (tensorflow)"] is True  # 90 / 150
-    assert met["trial peak memory < 2 GB"] is True
+    assert met["trial peak memory < 2 GB (tensorflow)"] is True
+    res["trials"].append({**res["trials"][0], "backend": "jax", "peak_memory_mb": 2100.0})
+    met = {t["target"]: t["met"] for t in targets(res)}
+    assert met["trial peak memory < 2 GB (jax (the service's default))"] is False  # per backend, not pooled
+    res["trials"].pop()
     study = [t for t in ts if t["target"].startswith("30-trial")]
     # 30 x (10 + (32 + 14 x 29) x 0.7/0.8 + 0.2) s + 200 s extraction = 3.33 h
     assert len(study) == 1 and study[0]["met"] is False and "3.33 h" in study[0]["value"]

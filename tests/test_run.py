@@ -41,6 +41,8 @@ def test_smoke_study_end_to_end(tmp_path):
         assert 0.5 < t.values[1] <= 1.0  # better than chance on real images
         assert t.values[3] > 100  # MB: a real process with Keras loaded
         assert sum(map(sum, t.user_attrs["confusion_matrix"])) == t.user_attrs["n_test"]
+        assert t.user_attrs["keras_backend"] == "jax"  # the default, recorded with what it measured
+    assert "trials train on Keras/jax" in r.stderr
     assert study.user_attrs["search:identity"]["backbone"]["weights"] == "random(seed=0)"
 
     # Same command again: the target is already met, nothing is added.
@@ -107,6 +109,7 @@ BAD_CLI = [
     (["--study", "smoke", "--storage", "sqlite:////no/such/dir/x.db"], 2, "--storage: directory /no/such/dir does not exist"),
     (["--study", "smoke", "--data-dir", "/no/such/dir"], 2, "--data-dir: /no/such/dir is not a directory"),
     (["--study", "smoke", "--weights", "/no/such/weights.h5"], 1, "--weights: /no/such/weights.h5 is neither"),
+    (["--study", "smoke", "--backend", "theano"], 2, "--backend: unknown Keras backend 'theano'; valid: jax, "),
     (["--study"], 2, "--study: expected one argument"),
     (["--study", "smoke", "--n-trials", "many"], 2, "--n-trials: invalid int value"),
 ]
