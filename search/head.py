@@ -18,7 +18,7 @@ from search.errors import TrialFailed
 
 
 # Keras backends a head can train on, and the module each needs.  JAX is the default: on these 2-core
-# machines it trains the fmnist_reg head 2.2x faster than TensorFlow with 27% less peak memory
+# machines it trains the fmnist_reg head 2.2x faster than TensorFlow with 31% less peak memory
 # (benchmarks/RESULTS.md); TensorFlow still extracts the features unless KERAS_BACKEND says otherwise.
 BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 DEFAULT_BACKEND = "jax"

@@ -68,7 +68,8 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     test_metrics = metrics.evaluate(y[test_idx], proba, n_classes, reduced)
     import keras  # already loaded by head: which backend trained it is part of what time and memory mean
 
-    common = dict(keras_backend=keras.backend.backend(), evaluation=evaluation, imbalance_profile=profile if p["balance"] == "imbalanced" else "none",
+    common = dict(keras_backend=keras.backend.backend(), evaluation=evaluation,
+                  imbalance_profile=profile if p["balance"] == "imbalanced" else "none",
                   reduced_classes=list(reduced), handling=handling,
                   train_time_s=train_time, n_train=int(len(fit_idx)), n_test=int(len(test_idx)),
                   train_class_counts=train_counts, fit_class_counts=fit_counts,
