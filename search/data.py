@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from search.errors import DataError
+from search.errors import DataError, TrialFailed, unknown
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = (
@@ -27,6 +27,16 @@ FASHION_FILES = (
     "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
 )
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+# MD5 of the official batches (https://www.cs.toronto.edu/~kriz/cifar.html, as torchvision checks them).
+# Batches are pickles: anything else must never reach pickle.load, which can run code.
+CIFAR_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 
 
 @dataclass(frozen=True)
@@ -93,11 +103,17 @@ def _read_cifar_dir(d: Path) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in CIFAR_FILES:
         try:
-            with open(d / name, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+            raw = (d / name).read_bytes()
+        except OSError as e:
+            raise DataError(f"{d / name}: cannot read CIFAR-10 batch: {e.strerror}") from None
+        if hashlib.md5(raw).hexdigest() != CIFAR_MD5[name]:
+            raise DataError(f"{d / name}: not the official CIFAR-10 batch (MD5 {hashlib.md5(raw).hexdigest()}, "
+                            f"expected {CIFAR_MD5[name]}); extract cifar-10-python.tar.gz again")
+        try:
+            batch = pickle.loads(raw, encoding="bytes")
             x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             y = np.asarray(batch[b"labels"], dtype=np.int64)
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
             raise DataError(f"{d / name}: cannot read CIFAR-10 batch: {e}") from None
         xs.append(x)
         ys.append(y)
@@ -133,7 +149,7 @@ def _first_found(name: str, places: list[Path], files: tuple[str, ...],
             return Pooled(x, y, str(d))
     if explicit:
         # The user named the place: reading other data instead would change what the study measures.
-        raise DataError(f"--data-dir: {name} files not found in {', '.join(str(p) for p in places)}: {how}")
+        raise DataError(f"{name} files not found in {', '.join(str(p) for p in places)}: {how}")
     if os.environ.get("SEARCH_OFFLINE") != "1":
         try:
             x, y = download()
@@ -146,26 +162,36 @@ def _first_found(name: str, places: list[Path], files: tuple[str, ...],
     raise DataError(f"{name} not found (looked in {looked}; {reason}): {how}")
 
 
-DATASETS: dict[str, Callable[[Path | None], Pooled]] = {
-    "fashion_mnist": load_fashion_mnist,
-    "cifar10": load_cifar10,
-}
+@dataclass(frozen=True)
+class DatasetInfo:
+    load: Callable[[Path | None], Pooled]
+    class_names: tuple[str, ...]
+    doc: str
 
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer",
-                "dog", "frog", "horse", "ship", "truck"),
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion_mnist": DatasetInfo(
+        load_fashion_mnist,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        "70,000 28x28 grayscale images (Debian dataset-fashion-mnist, the Keras cache, or a Keras download)"),
+    "cifar10": DatasetInfo(
+        load_cifar10,
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        "60,000 32x32 colour images (cifar-10-batches-py via --data-dir, the Keras cache, or a Keras download)"),
 }
 
 
 def load_pooled(name: str, data_dir: Path | None = None, subset: int = 0, seed: int = 0) -> Pooled:
     """The pooled dataset, or a stratified seeded slice of ``subset`` images of it."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+        raise DataError(unknown("dataset", name, DATASETS))
     if data_dir is not None and not data_dir.is_dir():
-        raise DataError(f"--data-dir: {data_dir} is not a directory")
-    pooled = DATASETS[name](data_dir)
+        raise DataError(f"data directory {data_dir} is not a directory")
+    pooled = DATASETS[name].load(data_dir)
     if subset:
         if subset >= len(pooled.labels):
             raise DataError(f"dataset.subset: {subset} is not below the {len(pooled.labels)} images of {name}")
@@ -205,43 +231,58 @@ def class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
 
 # ---------------------------------------------------------------- imbalance profiles and the evaluation protocol
 
-PROFILES = ("paper", "long_tail", "step")
+def _paper_targets(counts: list[int], rho: float, paper_classes: tuple[int, ...], fraction: float) -> list[int]:
+    return [c - int(round(fraction * c)) if i in paper_classes else c for i, c in enumerate(counts)]
+
+
+def _long_tail_targets(counts: list[int], rho: float, paper_classes: tuple[int, ...], fraction: float) -> list[int]:
+    n = len(counts)
+    return [int(math.floor(c * rho ** (-i / (n - 1)) + 1e-9)) if n > 1 else c for i, c in enumerate(counts)]
+
+
+def _step_targets(counts: list[int], rho: float, paper_classes: tuple[int, ...], fraction: float) -> list[int]:
+    n = len(counts)
+    return [int(math.floor(c / rho + 1e-9)) if i >= n // 2 else c for i, c in enumerate(counts)]
+
+
+def _upper_half(n_classes: int, paper_classes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(range(n_classes // 2, n_classes))
+
+
+@dataclass(frozen=True)
+class Profile:
+    targets: Callable[[list[int], float, tuple[int, ...], float], list[int]]
+    reduced: Callable[[int, tuple[int, ...]], tuple[int, ...]]
+    doc: str
+
+
+# How an imbalanced training part is made.  ``reduced``: the classes the profile makes minorities (what
+# ``reduced_recall`` averages over; the same classes are used for a balanced trial, so arms compare alike).
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(_paper_targets, lambda n, paper: tuple(paper),
+                     "reduce_classes lose round(reduce_fraction * n_c) samples (the paper's imbalance)"),
+    "long_tail": Profile(_long_tail_targets, _upper_half,
+                         "class i keeps floor(n_i * rho^(-i/(C-1))): exponential decay to 1/rho"),
+    "step": Profile(_step_targets, _upper_half, "classes C//2 .. C-1 keep floor(n_i / rho)"),
+}
 
 
 def reduced_classes(profile: str, n_classes: int, paper_classes: tuple[int, ...]) -> tuple[int, ...]:
-    """The classes a profile makes minorities (what the ``reduced_recall`` metric averages over).
-
-    paper: the named ``reduce_classes``; long_tail and step: the upper half of the
-    class indices, ``n_classes // 2 .. n_classes - 1`` (the tail, resp. the reduced half).
-    The same classes are used for a balanced trial, so arms compare on the same classes.
-    """
-    if profile == "paper":
-        return tuple(paper_classes)
-    if profile in ("long_tail", "step"):
-        return tuple(range(n_classes // 2, n_classes))
-    raise ValueError(f"unknown imbalance profile {profile!r}; valid: {', '.join(PROFILES)}")
+    """The classes a profile makes minorities (what the ``reduced_recall`` metric averages over)."""
+    if profile not in PROFILES:
+        raise ValueError(unknown("imbalance profile", profile, PROFILES))
+    return PROFILES[profile].reduced(n_classes, tuple(paper_classes))
 
 
 def profile_targets(counts: list[int], profile: str, *, rho: float = 10.0,
                     paper_classes: tuple[int, ...] = (0, 1, 2), fraction: float = 0.1) -> list[int]:
     """How many training samples of each class a profile keeps, given the class counts ``counts``.
 
-    - paper: classes in ``paper_classes`` lose ``round(fraction * n_c)`` samples; others keep all.
-    - long_tail: class i keeps ``floor(n_i * rho ** (-i / (C - 1)))`` (exponential decay from
-      class 0, kept whole, to class C-1, kept at 1/rho).
-    - step: classes ``C // 2 .. C - 1`` keep ``floor(n_i / rho)``; the others keep all.
-
     Every class keeps at least one sample (when it had one).
     """
-    n = len(counts)
-    if profile == "paper":
-        out = [c - int(round(fraction * c)) if i in paper_classes else c for i, c in enumerate(counts)]
-    elif profile == "long_tail":
-        out = [int(math.floor(c * rho ** (-i / (n - 1)) + 1e-9)) if n > 1 else c for i, c in enumerate(counts)]
-    elif profile == "step":
-        out = [int(math.floor(c / rho + 1e-9)) if i >= n // 2 else c for i, c in enumerate(counts)]
-    else:
-        raise ValueError(f"unknown imbalance profile {profile!r}; valid: {', '.join(PROFILES)}")
+    if profile not in PROFILES:
+        raise ValueError(unknown("imbalance profile", profile, PROFILES))
+    out = PROFILES[profile].targets(list(counts), rho, tuple(paper_classes), fraction)
     return [max(t, min(c, 1)) for t, c in zip(out, counts)]
 
 
@@ -262,6 +303,13 @@ def apply_profile(train_idx: np.ndarray, labels: np.ndarray, n_classes: int, pro
     return train_idx[keep]
 
 
+EVALUATIONS: dict[str, str] = {
+    "validation": "objectives on a stratified, seeded validation_fraction of the training part; the held-out "
+                  "test split's metrics are stored as test_* and never reach the sampler",
+    "test": "objectives on the held-out test split (the paper's protocol)",
+}
+
+
 def protocol_split(labels: np.ndarray, train_ratio: float, seed: int, evaluation: str,
                    validation_fraction: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(fit, validation, test) indices.
@@ -276,8 +324,8 @@ def protocol_split(labels: np.ndarray, train_ratio: float, seed: int, evaluation
     train, test = split_indices(labels, train_ratio, seed)
     if evaluation == "test":
         return train, None, test
-    if evaluation != "validation":
-        raise ValueError(f"unknown evaluation {evaluation!r}; valid: validation, test")
+    if evaluation not in EVALUATIONS:
+        raise ValueError(unknown("evaluation", evaluation, EVALUATIONS))
     from sklearn.model_selection import train_test_split
 
     # A seed of its own for the inner split, so it is not a function of the outer one's draw.
@@ -286,7 +334,14 @@ def protocol_split(labels: np.ndarray, train_ratio: float, seed: int, evaluation
     return np.sort(fit), np.sort(val), test
 
 
-HANDLINGS = ("none", "class_weight", "focal", "oversample", "smote")
+# Imbalance handling: "loss" handlings change the loss (search.head), "data" ones the training rows (resample).
+HANDLINGS: dict[str, tuple[str, str]] = {
+    "none": ("loss", "plain cross-entropy"),
+    "class_weight": ("loss", "cross-entropy weighted by scikit-learn's 'balanced' class weights"),
+    "focal": ("loss", "focal loss with gamma focal_gamma"),
+    "oversample": ("data", "imbalanced-learn RandomOverSampler on the cached training features"),
+    "smote": ("data", "imbalanced-learn SMOTE on the cached training features"),
+}
 
 
 def resample(x: np.ndarray, y: np.ndarray, method: str, seed: int, k_neighbors: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -305,8 +360,6 @@ def resample(x: np.ndarray, y: np.ndarray, method: str, seed: int, k_neighbors: 
 
         smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
         if smallest < 2:
-            from search.errors import TrialFailed
-
             raise TrialFailed("smote needs at least 2 training samples in every class")
         sampler = SMOTE(k_neighbors=min(k_neighbors, smallest - 1), random_state=seed)
     else:

@@ -43,7 +43,18 @@ class StorageError(SearchError):
 
 
 class TrialFailed(SearchError):
-    """One trial failed; the study records the reason and goes on."""
+    """One trial failed; the study records the reason and goes on.
+
+    ``kind`` says why, which decides whether the same parameters are tried again
+    (search.study.RetryPolicy): "error" (an exception in the trial), "nan" (the
+    loss became NaN/inf), "killed" (the kernel or someone killed the trial
+    process, e.g. out of memory), "timeout" (run.trial_timeout), "lost" (its
+    owner process died), "interrupted" (SIGINT/SIGTERM).
+    """
+
+    def __init__(self, message: str, kind: str = "error"):
+        self.kind = kind
+        super().__init__(message)
 
 
 class TooManyFailures(SearchError):
@@ -59,3 +70,8 @@ class Interrupted(SearchError):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def unknown(what: str, name: object, registry) -> str:
+    """The one wording of an unknown name: what it is, the name, and every valid one of ``registry``."""
+    return f"unknown {what} {name!r}; valid: {', '.join(map(str, registry))}"

@@ -3,21 +3,25 @@
 The head is the same Keras model whether it sits on cached features or on top
 of the frozen backbone (``full_model``), which is what makes the cache a pure
 speed-up: same seed, same weights, same batches, same predictions.
+
+``fit`` times what a trial's resource objectives mean: the whole fit, its
+first step's tracing and compilation, a steady epoch; time spent evaluating
+after each epoch (for curves and snapshots) is measured apart and excluded.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from search.errors import TrialFailed
+from search.errors import TrialFailed, UsageError, unknown
 
-
-# Keras backends a head can train on, and the module each needs.  JAX is the default: on these 2-core
+# Keras backends a head can train on, and the package each needs.  JAX is the default: on these 2-core
 # machines it trains the fmnist_reg head 2.2x faster than TensorFlow with 31% less peak memory
 # (benchmarks/RESULTS.md); TensorFlow still extracts the features unless KERAS_BACKEND says otherwise.
 BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
@@ -29,14 +33,12 @@ def resolve_backend(name: str | None) -> str:
     import importlib.util
     import os
 
-    from search.errors import UsageError
-
     name = name or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
     if name not in BACKENDS:
-        raise UsageError(f"--backend: unknown Keras backend {name!r}; valid: {', '.join(BACKENDS)}")
+        raise UsageError(unknown("Keras backend", name, BACKENDS))
     if importlib.util.find_spec(BACKENDS[name]) is None:
-        raise UsageError(f"--backend: {name} is not installed (pip install {BACKENDS[name]}), "
-                         f"or choose another of: {', '.join(BACKENDS)}")
+        raise UsageError(f"Keras backend {name} is not installed (pip install {BACKENDS[name]}); "
+                         f"backends: {', '.join(BACKENDS)}")
     return name
 
 
@@ -73,12 +75,13 @@ def build_head(n_features: int, n_classes: int, p: HeadParams, seed: int):
     ], name="head")
 
 
-def full_model(backbone, head):
-    """Backbone in the loop: what a trial would cost without the feature cache."""
+def full_model(backbone, head, augment=None):
+    """Backbone in the loop (optionally behind an augmentation model): what a trial costs without the cache."""
     import keras
 
     inputs = keras.Input(backbone.input_shape[1:])
-    return keras.Model(inputs, head(backbone(inputs, training=False)), name="full")
+    x = augment(inputs) if augment is not None else inputs
+    return keras.Model(inputs, head(backbone(x, training=False)), name="full")
 
 
 def compile_model(model, p: HeadParams) -> None:
@@ -93,46 +96,115 @@ def compile_model(model, p: HeadParams) -> None:
     else:
         # Sparse labels give the same loss as one-hot categorical cross-entropy without the one-hot copy.
         loss = "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=loss)
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=loss, metrics=["accuracy"])
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """scikit-learn's "balanced" weights n / (C_present * n_c) for the classes present in ``y``."""
-    counts = np.bincount(y, minlength=n_classes)
-    present = np.flatnonzero(counts)
-    return {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    return {int(c): float(w) for c, w in zip(present, compute_class_weight("balanced", classes=present, y=y))}
 
 
-def fit(model, x: np.ndarray, y: np.ndarray, p: HeadParams, seed: int,
-        on_epoch: Callable[[int, float], None] = lambda epoch, loss: None) -> float:
-    """Train ``model`` in place; return wall seconds.  A NaN/inf loss fails the trial."""
+@dataclass
+class FitResult:
+    train_time_s: float             # the whole fit, evaluation after epochs excluded (the paper's training time)
+    compile_time_s: float           # first step's tracing and compilation, beyond a steady step
+    epoch_time_s: float             # a steady epoch (median of epochs 2..E)
+    eval_time_s: float              # spent in ``after_epoch`` (curves, snapshots), not in train_time_s
+    epochs_run: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+# after_epoch(epoch, model) -> True to stop training now (early stopping); its time is excluded from training.
+AfterEpoch = Callable[[int, Any], bool]
+
+
+def fit(model, x: Any, y: np.ndarray, p: HeadParams, seed: int, after_epoch: AfterEpoch | None = None,
+        on_epoch: Callable[[int, float], None] = lambda epoch, loss: None, steps: int | None = None) -> FitResult:
+    """Train ``model`` in place for ``p.epochs`` epochs (fewer when ``after_epoch`` stops it).
+
+    ``x`` is an array, or a ``keras.utils.PyDataset`` (then ``y`` is unused and ``steps`` is
+    its batches per epoch).  A NaN/inf loss fails the trial (TrialFailed, kind "nan").
+    """
     import keras
-
-    class _Report(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            on_epoch(epoch + 1, float((logs or {}).get("loss", float("nan"))))
 
     compile_model(model, p)
     n_classes = int(model.output_shape[-1])
+    is_array = isinstance(x, np.ndarray)
     weights = class_weights(y, n_classes) if p.handling == "class_weight" else None
-    target = np.eye(n_classes, dtype=np.float32)[y] if p.one_hot else y
+    target = (np.eye(n_classes, dtype=np.float32)[y] if p.one_hot else y) if is_array else None
+    steps = steps or (math.ceil(len(x) / p.batch_size) if is_array else len(x))
+    timer = _Timer(after_epoch, on_epoch)
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
-    history = model.fit(x, target, batch_size=p.batch_size, epochs=p.epochs, shuffle=True, verbose=0,
-                        class_weight=weights, callbacks=[keras.callbacks.TerminateOnNaN(), _Report()])
+    model.fit(x, target, batch_size=p.batch_size if is_array else None, epochs=p.epochs, shuffle=True,
+              verbose=0, class_weight=weights if is_array else None,
+              callbacks=[keras.callbacks.TerminateOnNaN(), timer])
     elapsed = time.perf_counter() - start
-    losses = history.history.get("loss", [])
+    losses = timer.history["loss"]
     bad = [i + 1 for i, v in enumerate(losses) if not math.isfinite(v)]
-    if bad or len(losses) < p.epochs:
-        raise TrialFailed(f"training loss became NaN/inf at epoch {bad[0] if bad else len(losses)}")
-    return elapsed
+    if bad or (len(losses) < p.epochs and not timer.stopped):
+        raise TrialFailed(f"training loss became NaN/inf at epoch {bad[0] if bad else len(losses) + 1}", kind="nan")
+    epochs = timer.history["epoch_time_s"]
+    if len(epochs) > 1:
+        steady = statistics.median(epochs[1:])
+    else:  # one epoch: its time without the first step, scaled to a full epoch
+        steady = (epochs[0] - timer.first_step_s) * steps / max(steps - 1, 1)
+    compile_s = max(0.0, timer.first_step_s - steady / steps)
+    return FitResult(train_time_s=elapsed - timer.eval_s, compile_time_s=compile_s, epoch_time_s=steady,
+                     eval_time_s=timer.eval_s, epochs_run=len(losses), history=timer.history)
+
+
+class _Timer:
+    """Keras callback: epoch and first-step times, the loss/accuracy history, and the after-epoch hook."""
+
+    def __new__(cls, *args, **kwargs):  # a keras.callbacks.Callback, defined lazily: keras loads in the trial
+        import keras
+
+        class Timer(keras.callbacks.Callback):
+            def __init__(self, after_epoch, on_epoch):
+                super().__init__()
+                self.after_epoch, self.on_epoch = after_epoch, on_epoch
+                self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "epoch_time_s": []}
+                self.eval_s = 0.0
+                self.first_step_s = 0.0
+                self.stopped = False
+
+            def on_train_begin(self, logs=None):
+                self._t0 = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                if not self.first_step_s:
+                    self.first_step_s = time.perf_counter() - self._t0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._epoch_start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                loss = float(logs.get("loss", float("nan")))  # float() waits for the epoch's last step
+                self.history["epoch_time_s"].append(time.perf_counter() - self._epoch_start)
+                self.history["loss"].append(loss)
+                self.history["accuracy"].append(float(logs.get("accuracy", float("nan"))))
+                self.on_epoch(epoch + 1, loss)
+                if self.after_epoch is not None and math.isfinite(loss):
+                    t = time.perf_counter()
+                    stop = self.after_epoch(epoch + 1, self.model)
+                    self.eval_s += time.perf_counter() - t
+                    if stop:
+                        self.stopped = self.model.stop_training = True
+
+        return Timer(*args, **kwargs)
 
 
 def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, p: HeadParams, seed: int,
+               after_epoch: AfterEpoch | None = None,
                on_epoch: Callable[[int, float], None] = lambda epoch, loss: None):
-    """Build and train a head on features ``x``; return (model, train seconds)."""
+    """Build and train a head on features ``x``; return (model, FitResult)."""
     model = build_head(x.shape[1], n_classes, p, seed)
-    return model, fit(model, x, y, p, seed, on_epoch)
+    return model, fit(model, x, y, p, seed, after_epoch, on_epoch)
 
 
 def predict(model, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, float]:

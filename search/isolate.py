@@ -1,18 +1,27 @@
 """Run a job in a fresh Python process and measure it.
 
 Each trial (and the one-time feature extraction) runs in its own process, so
-that Keras/TensorFlow memory that grows from trial to trial cannot leak into
-the next one, a crash or out-of-memory kill fails only that trial, and the
-peak memory objective belongs to that trial alone: it is the child's own
-RSS high-water mark (``VmHWM``, reported by the child at its end; ``ru_maxrss``
-from ``os.wait4`` only when the child could not report, as it may include the
-parent's peak).
+that Keras memory that grows from trial to trial cannot leak into the next
+one, a crash or out-of-memory kill fails only that trial, and time and memory
+belong to that trial alone:
+
+- ``peak_memory_mb``: the child's own RSS high-water mark (``VmHWM``, reported by
+  the child at its end; ``ru_maxrss`` from ``os.wait4`` only when the child could
+  not report, as Linux carries the parent's peak into it);
+- ``trial_memory_mb``: the peak above the baseline the job marks with
+  ``mark_baseline()`` once its interpreter and backend are loaded (the kernel's
+  high-water mark is reset there: ``/proc/self/clear_refs``);
+- ``cpu_time_s``: the child's user + system time (``wait4``);
+- ``cpus``: the cores the child may run on (``sched_setaffinity``), so N workers
+  on C cores each get about C/N instead of all competing for all; thread pools
+  (XLA, TensorFlow, BLAS, OpenMP) size themselves to the affinity.
 
 Protocol: the parent writes the job as JSON to the child's stdin; the child
 writes JSON lines to its stdout (progress events, then one result or error).
 The child's own stdout is redirected to stderr so library chatter cannot
 corrupt the stream; stderr goes to a temporary file whose tail explains
-crashes.  The child dies with its parent (PR_SET_PDEATHSIG).
+crashes.  The child dies with its parent (PR_SET_PDEATHSIG); a child past its
+``timeout`` is killed and the trial fails with kind "timeout".
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from search import errors
 
@@ -37,21 +47,48 @@ class Outcome:
     result: Any
     peak_memory_mb: float
     start_memory_mb: float
+    baseline_memory_mb: float | None = None  # RSS where the job marked its baseline (None: it did not)
+    trial_memory_mb: float | None = None     # peak above that baseline
+    cpu_time_s: float = 0.0
+
+
+def thread_env(n: int) -> dict[str, str]:
+    """Environment that sizes the thread pools of BLAS/OpenMP and TensorFlow to ``n`` threads."""
+    return {"OMP_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n),
+            "TF_NUM_INTRAOP_THREADS": str(n), "TF_NUM_INTEROP_THREADS": "1"}
 
 
 def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], None] = lambda e: None,
-                 env: dict[str, str] | None = None, echo_stderr: bool = False) -> Outcome:
+                 env: dict[str, str] | None = None, echo_stderr: bool = False,
+                 cpus: Sequence[int] | None = None, timeout: float | None = None) -> Outcome:
     """Call ``target`` ("module:function", taking (spec, report)) in a child process.
 
     Raises the child's SearchError subclass with its message, or TrialFailed
-    when the child crashed or was killed.
+    (kind "killed" or "timeout") when the child crashed, was killed or ran past ``timeout`` seconds.
     """
     child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                 "SEARCH_PARENT_PID": str(os.getpid()), **(env or {})}
+                 "SEARCH_PARENT_PID": str(os.getpid()), **(thread_env(len(cpus)) if cpus else {}), **(env or {})}
+    affinity = sorted(cpus) if cpus else None
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "search.isolate"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=None if echo_stderr else err,
                                 env=child_env, text=True)
+        if affinity:
+            # Set at once, while the child is still starting Python: before any thread pool exists.
+            # (Not preexec_fn: forking with the heartbeat thread alive makes that unsafe.)
+            try:
+                os.sched_setaffinity(proc.pid, affinity)
+            except OSError:
+                pass  # it already ended; its outcome says why
+        timed_out = threading.Event()
+        timer = None
+        if timeout is not None:
+            def _kill() -> None:
+                timed_out.set()
+                proc.kill()
+            timer = threading.Timer(timeout, _kill)
+            timer.daemon = True
+            timer.start()
         reaped = False
         try:
             proc.stdin.write(json.dumps({"target": target, "spec": spec}))
@@ -70,17 +107,24 @@ def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], 
             reaped = True
             proc.returncode = os.waitstatus_to_exitcode(status)
         finally:
+            if timer is not None:
+                timer.cancel()
             if not reaped:
                 # Interrupted in the parent: the child's work is lost either way; stop it now.
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
-        peak_mb = usage.ru_maxrss / 1024.0  # Linux reports kilobytes; may include the parent's peak
+        if timed_out.is_set():
+            raise errors.TrialFailed(f"timed out after {timeout:.0f} s", kind="timeout")
+        cpu_s = usage.ru_utime + usage.ru_stime
         if final is not None and final["event"] == "result":
             own = final.get("peak_rss_mb")
-            return Outcome(final["result"], own if own is not None else peak_mb, start_mb)
+            return Outcome(final["result"], own if own is not None else usage.ru_maxrss / 1024.0, start_mb,
+                           final.get("baseline_rss_mb"), final.get("trial_rss_mb"), cpu_s)
         if final is not None:
             cls = getattr(errors, final["kind"], None)
+            if isinstance(cls, type) and issubclass(cls, errors.TrialFailed):
+                raise cls(final["message"], kind=final.get("fail_kind", "error"))
             if isinstance(cls, type) and issubclass(cls, errors.SearchError):
                 raise cls(final["message"])
             raise errors.TrialFailed(final["message"])
@@ -89,7 +133,46 @@ def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], 
         rc = proc.returncode
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
         hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
-        raise errors.TrialFailed(f"trial process {how}{hint}" + (f": {tail}" if tail else ""))
+        raise errors.TrialFailed(f"trial process {how}{hint}" + (f": {tail}" if tail else ""),
+                                 kind="killed" if rc < 0 else "error")
+
+
+# ---------------------------------------------------------------- inside the child
+
+_memory: dict[str, float] = {}
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def mark_baseline() -> None:
+    """Called by a job once it is ready to work: RSS now is its baseline; the peak counts from here."""
+    _memory["pre_peak"] = _status_mb("VmHWM") or 0.0
+    _memory["baseline"] = _status_mb("VmRSS") or 0.0
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        _memory["reset"] = 1.0
+    except OSError:
+        _memory["reset"] = 0.0
+
+
+def _peaks() -> dict[str, float | None]:
+    """The process's peak (VmHWM, across any reset), its baseline and the peak above it."""
+    hwm = _status_mb("VmHWM")
+    if not _memory or hwm is None:
+        return {"peak_rss_mb": hwm}
+    since = hwm if _memory["reset"] else None  # without a reset VmHWM may predate the baseline
+    return {"peak_rss_mb": max(hwm, _memory["pre_peak"]), "baseline_rss_mb": _memory["baseline"],
+            "trial_rss_mb": None if since is None else max(0.0, since - _memory["baseline"])}
 
 
 def _die_with_parent() -> None:
@@ -117,16 +200,14 @@ def _child_main() -> None:
     job = json.loads(sys.stdin.read())
     module, func = job["target"].split(":")
     fn = getattr(importlib.import_module(module), func)
-    import psutil
-
-    emit("started", rss_mb=psutil.Process().memory_info().rss / 2**20)
+    emit("started", rss_mb=_status_mb("VmRSS") or 0.0)
     try:
         result = fn(job["spec"], lambda **fields: emit("progress", **fields))
     except errors.SearchError as e:
-        emit("error", kind=type(e).__name__, message=str(e))
+        emit("error", kind=type(e).__name__, message=str(e), fail_kind=getattr(e, "kind", None))
         return
     except MemoryError:
-        emit("error", kind="TrialFailed", message="out of memory (MemoryError)")
+        emit("error", kind="TrialFailed", message="out of memory (MemoryError)", fail_kind="killed")
         return
     except Exception as e:  # noqa: BLE001 - any crash fails only this trial, with its reason
         import traceback
@@ -134,24 +215,8 @@ def _child_main() -> None:
         traceback.print_exc()
         emit("error", kind="TrialFailed", message=f"{type(e).__name__}: {e}")
         return
-    emit("result", result=result, peak_rss_mb=_own_peak_mb())
-
-
-def _own_peak_mb() -> float | None:
-    """This process's RSS high-water mark (VmHWM): per address space, so it starts afresh at exec.
-
-    ``ru_maxrss`` from ``wait4`` is not enough alone: Linux carries the parent's
-    high-water mark into a forked (or vforked) child across exec, so a child of a
-    large parent reports the parent's peak.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    # The job marked its baseline in the imported module search.isolate, not in this __main__ copy.
+    emit("result", result=result, **importlib.import_module("search.isolate")._peaks())
 
 
 if __name__ == "__main__":

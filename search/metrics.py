@@ -1,27 +1,58 @@
-"""Classification metrics of one trial, all from scikit-learn.
+"""Classification metrics of one trial (scikit-learn), and the registry of every measure a study can optimize.
 
-``evaluate`` returns every measure the paper reports (and a few for minority
-classes); any of the scalar ones can be an objective, the rest are stored on
-the trial as user attributes.
+``METRICS`` is the one list of measures: config validation, error messages,
+the README table and the report derive from it.  Quality metrics are measured
+on a split and stored with that split's prefix (``val_accuracy``,
+``test_accuracy``); resource metrics belong to the trial as a whole.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn import metrics as skm
+from dataclasses import dataclass
 
-# Scalar metrics a config may name as objectives, besides the resource ones the
-# objective measures itself (train_time_s, test_time_s, peak_memory_mb).
-# f1 is macro F1; reduced_recall is the mean recall over the classes the imbalance profile reduces
-# (search.data.reduced_classes), computed the same way for balanced trials.
-QUALITY_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc",
-                   "worst_class_recall", "reduced_recall")
-RESOURCE_METRICS = ("train_time_s", "test_time_s", "peak_memory_mb")
-METRICS = QUALITY_METRICS + RESOURCE_METRICS
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: str        # "quality": measured on a split, stored as val_<name> / test_<name>; "resource": per trial
+    direction: str   # the direction that is better
+    doc: str
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("quality", "maximize", "fraction of correct predictions"),
+    "balanced_accuracy": Metric("quality", "maximize", "mean per-class recall"),
+    "precision": Metric("quality", "maximize", "macro precision"),
+    "recall": Metric("quality", "maximize", "macro recall"),
+    "f1": Metric("quality", "maximize", "macro F1"),
+    "roc_auc": Metric("quality", "maximize", "macro one-vs-rest ROC AUC of the predicted probabilities"),
+    "roc_auc_hard": Metric("quality", "maximize",
+                           "macro one-vs-rest ROC AUC of one-hot argmax predictions (the paper's Table 7 'ROC')"),
+    "worst_class_recall": Metric("quality", "maximize", "recall of the worst class"),
+    "reduced_recall": Metric("quality", "maximize", "mean recall of the classes the imbalance profile reduces"),
+    "train_time_s": Metric("resource", "minimize", "wall seconds of the whole fit (per-epoch evaluation excluded)"),
+    "epoch_time_s": Metric("resource", "minimize", "wall seconds of a steady epoch (compilation excluded)"),
+    "cpu_time_s": Metric("resource", "minimize", "CPU seconds of the trial process"),
+    "test_time_s": Metric("resource", "minimize", "wall seconds to predict the held-out test split"),
+    "peak_memory_mb": Metric("resource", "minimize", "resident-memory high-water mark of the trial process"),
+    "trial_memory_mb": Metric("resource", "minimize",
+                              "peak_memory_mb minus the process's baseline before the trial's work"),
+}
+QUALITY = tuple(name for name, m in METRICS.items() if m.kind == "quality")
+SPLIT_PREFIX = {"validation": "val", "test": "test"}
+
+
+def stored_name(metric: str, split: str) -> str:
+    """The attribute (and objective) name of ``metric`` measured on ``split``: ``val_accuracy``, ``train_time_s``."""
+    return f"{SPLIT_PREFIX[split]}_{metric}" if METRICS[metric].kind == "quality" else metric
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int,
              reduced: tuple[int, ...] | list[int] = ()) -> dict:
+    """Every quality metric plus per-class recall and the confusion matrix, unprefixed."""
+    from sklearn import metrics as skm
+
     labels = list(range(n_classes))
     y_pred = proba.argmax(axis=1)
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
@@ -29,6 +60,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int,
     per_class_recall = skm.recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     # Rows must sum to one for roc_auc_score; softmax output does up to float error.
     proba = proba / proba.sum(axis=1, keepdims=True)
+    one_hot = np.eye(n_classes)[y_pred]
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
@@ -36,8 +68,15 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int,
         "recall": float(recall),
         "f1": float(f1),
         "roc_auc": float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)),
+        "roc_auc_hard": float(skm.roc_auc_score(y_true, one_hot, multi_class="ovr", average="macro",
+                                                labels=labels)),
         "worst_class_recall": float(per_class_recall.min()),
         "reduced_recall": float(np.mean(per_class_recall[list(reduced)])) if len(reduced) else float("nan"),
         "per_class_recall": [float(r) for r in per_class_recall],
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def prefixed(measures: dict, split: str) -> dict:
+    """``evaluate``'s result with every key prefixed by the split (``val_``/``test_``)."""
+    return {f"{SPLIT_PREFIX[split]}_{k}": v for k, v in measures.items()}

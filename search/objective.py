@@ -1,28 +1,34 @@
-"""The Optuna objective: suggest -> run the trial in a fresh process -> record -> return objective values.
+"""The Optuna objective: suggest -> run the trial (in a fresh process) -> record -> return the objective values.
 
-The objective runs in the coordinating process; the trial itself (trial.py)
-runs in a child process via isolate.py, so each trial's memory and crashes
-are its own.  Every measure that is not an objective is stored as a user
-attribute of the trial.
+The objective runs in the coordinating process; the trial itself
+(search.trial) runs in a child process through the context's runner, so each
+trial's memory and crashes are its own.  Every measure that is not an
+objective is stored as a user attribute of the trial, named with its split
+(``val_*``, ``test_*``).  A trial failed by another process while it ran (a
+stale-heartbeat sweep) keeps its result: it is recorded on the retry that the
+sweep queued (search.trials.record_taken_over).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
-import psutil
 
 from search import artifacts, signals
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
 from search.errors import Interrupted, TrialFailed
-from search.isolate import Event, run_isolated
+from search.isolate import Event, Outcome, run_isolated
+from search.trials import Heartbeat, TakenOver, counted, mark_owner, record_taken_over, taken_over
 
-OWNER_ATTR = "search:owner"
+TRIAL_TARGET = "search.trial:run_trial"
+TIMEOUT_FACTOR = 10  # default trial time limit: this many times the slowest COMPLETE trial
+
+# runner(spec, on_event, timeout_s) -> Outcome: how a trial is run (default: a fresh process, run_isolated).
+TrialRunner = Callable[[dict[str, Any], Callable[[Event], None], float | None], Outcome]
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,22 @@ class Context:
     cache_key: str
     n_classes: int
     target: int
+    class_names: tuple[str, ...] = ()
     debug: bool = False
-    artifact_dir: Path | None = None  # where trial pictures go (search.artifacts); None: no pictures
-    backend: str = "jax"  # the Keras backend of the trial processes (search.head.resolve_backend)
+    artifact_dir: Path | None = None   # where trial pictures go (search.artifacts); None: no pictures
+    backend: str = "jax"               # the Keras backend of the trial processes (search.head.resolve_backend)
+    weights: str = ""                  # the weights' identity, for picture titles
+    cpus: tuple[int, ...] | None = None  # cores each trial process may use (None: all)
+    heartbeat_s: float = 10.0
+    trial_target: str = TRIAL_TARGET    # "module:function" a trial process runs
+    runner: TrialRunner | None = None   # None: run_isolated(trial_target, ...) in a fresh process
+    extra_spec: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, spec: dict[str, Any], on_event: Callable[[Event], None], timeout: float | None) -> Outcome:
+        if self.runner is not None:
+            return self.runner(spec, on_event, timeout)
+        return run_isolated(self.trial_target, spec, on_event, env={"KERAS_BACKEND": self.backend},
+                            echo_stderr=self.debug, cpus=self.cpus, timeout=timeout)
 
 
 def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
@@ -51,24 +70,28 @@ def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
 
 
 def resolve_params(config: StudyConfig, suggested: dict[str, Any]) -> dict[str, Any]:
-    """Every searchable setting's value for this trial: the suggestion, else the config's fixed value."""
-    return {name: suggested.get(name, getattr(getattr(config, section), field))
-            for name, (section, field) in SEARCHABLE.items()}
+    """Every searchable setting's value for this trial: the suggestion, else the arm's, else the config's."""
+    arm = config.arms.get(suggested.get("arm"), {})
+    out = {name: suggested.get(name, arm.get(name, getattr(getattr(config, section), field)))
+           for name, (section, field) in SEARCHABLE.items()}
+    if "arm" in suggested:
+        out["arm"] = suggested["arm"]
+    return out
 
 
-def trial_spec(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+def trial_spec(ctx: Context, params: dict[str, Any], number: int | None = None) -> dict[str, Any]:
+    """The JSON job a trial process gets (search.trial.run_trial)."""
     c = ctx.config
-    return {"cache_dir": str(ctx.cache_dir), "key": ctx.cache_key, "n_classes": ctx.n_classes,
+    spec = {"cache_dir": str(ctx.cache_dir), "key": ctx.cache_key, "n_classes": ctx.n_classes,
+            "class_names": list(ctx.class_names) or [str(i) for i in range(ctx.n_classes)],
             "params": params, "seed": c.training.seed,
             "reduce_classes": list(c.balance.reduce_classes), "reduce_fraction": c.balance.reduce_fraction,
-            "evaluation": c.training.evaluation, "validation_fraction": c.training.validation_fraction}
-
-
-def mark_owner(trial: optuna.Trial) -> None:
-    """Record who runs the trial, so a resume can tell a dead owner from a live one."""
-    me = psutil.Process()
-    trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, {
-        "host": socket.gethostname(), "pid": os.getpid(), "started": me.create_time()})
+            "evaluation": c.training.evaluation, "validation_fraction": c.training.validation_fraction,
+            "augmentation": c.augmentation.model_dump(mode="json"), **ctx.extra_spec}
+    if ctx.artifact_dir is not None:
+        spec["pictures"] = {"header": f"trial {number}" if number is not None else "trial",
+                            "backend": ctx.backend, "weights": ctx.weights}
+    return spec
 
 
 def _slot_taken(trial: optuna.Trial, target: int) -> bool:
@@ -79,9 +102,30 @@ def _slot_taken(trial: optuna.Trial, target: int) -> bool:
     """
     trials = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                              optuna.trial.TrialState.RUNNING))
-    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE and counted(t) for t in trials)
     ahead = sum(t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number for t in trials)
     return complete + ahead >= target
+
+
+def duplicate_of(trial: optuna.Trial, params: dict[str, Any]) -> int | None:
+    """In a grid study: the number of another trial that already holds (or is running) these parameters."""
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                             optuna.trial.TrialState.RUNNING)):
+        if t.number == trial.number or not counted(t):
+            continue
+        same = t.params == params
+        if same and (t.state == optuna.trial.TrialState.COMPLETE or t.number < trial.number):
+            return t.number
+    return None
+
+
+def trial_timeout(study: optuna.Study, config: StudyConfig) -> float | None:
+    """run.trial_timeout, else 10x the slowest COMPLETE trial so far (none before the first)."""
+    if config.run.trial_timeout is not None:
+        return config.run.trial_timeout
+    durations = [t.duration.total_seconds() for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.duration and counted(t)]
+    return TIMEOUT_FACTOR * max(durations) if durations else None
 
 
 def set_constraints(trial: optuna.Trial, config: StudyConfig, result: dict[str, Any]) -> None:
@@ -89,44 +133,76 @@ def set_constraints(trial: optuna.Trial, config: StudyConfig, result: dict[str, 
     budgets = config.constraints.budgets()
     if not budgets:
         return
-    values = {metric: float(result[metric]) - budget for metric, budget in budgets.items()}
-    if hasattr(trial, "set_constraint"):  # Optuna >= 5
-        for metric, value in values.items():
-            trial.set_constraint(metric, value)
-    else:  # Optuna 4.x reads the list form ("constraints" system attribute) written by constraints_func
-        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", list(values.values()))
-    trial.set_user_attr("feasible", all(v <= 0 for v in values.values()))
+    for metric, budget in budgets.items():
+        trial.set_constraint(metric, float(result[metric]) - budget)
+    trial.set_user_attr("feasible", all(float(result[m]) <= b for m, b in budgets.items()))
 
 
-def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[[optuna.Trial], list[float]]:
-    def objective(trial: optuna.Trial) -> list[float]:
+def measures(outcome: Outcome) -> dict[str, Any]:
+    """The trial's result plus what its process measured (memory, CPU time), minus the picture files."""
+    result = {k: v for k, v in outcome.result.items() if k != "pictures"}
+    result.update(peak_memory_mb=outcome.peak_memory_mb, cpu_time_s=outcome.cpu_time_s)
+    if outcome.baseline_memory_mb is not None:
+        result["baseline_memory_mb"] = outcome.baseline_memory_mb
+    if outcome.trial_memory_mb is not None:
+        result["trial_memory_mb"] = outcome.trial_memory_mb
+    return result
+
+
+def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[[optuna.Trial], Sequence[float]]:
+    grid = ctx.config.sampler.name == "grid"
+
+    def objective(trial: optuna.Trial) -> Sequence[float]:
         if _slot_taken(trial, ctx.target):
             trial.study.stop()
             raise optuna.TrialPruned("target number of COMPLETE trials already reached or claimed")
         mark_owner(trial)
         try:
             with signals.interruptible():  # owner recorded: from here a signal may stop the trial
-                params = resolve_params(ctx.config, suggest(trial, ctx.config))
+                suggested = suggest(trial, ctx.config)
+                if grid and (other := duplicate_of(trial, suggested)) is not None:
+                    # Optuna's GridSampler re-samples a done point once the grid looks exhausted.
+                    raise optuna.TrialPruned(f"grid point already done by trial {other}")
+                params = resolve_params(ctx.config, suggested)
                 trial.set_user_attr("resolved_params", params)
                 on_event({"event": "trial", "number": trial.number, "params": params})
-                # SEARCH_TRIAL_FN: a stand-in trial for concurrency tests and benchmarks (search.workers:fast_trial).
-                outcome = run_isolated(os.environ.get("SEARCH_TRIAL_FN", "search.trial:run_trial"),
-                                       trial_spec(ctx, params), on_event, env={"KERAS_BACKEND": ctx.backend},
-                                       echo_stderr=ctx.debug)
+                with Heartbeat(trial.storage, trial._trial_id, ctx.heartbeat_s):
+                    outcome = ctx.run(trial_spec(ctx, params, trial.number), on_event,
+                                      trial_timeout(trial.study, ctx.config))
         except TrialFailed as e:
-            trial.set_user_attr("fail_reason", str(e))
+            _record_failure(trial, str(e), e.kind)
             raise
         except Interrupted as e:
             # Optuna fails the trial as the signal unwinds; this marks it for retry (study.fail_own_trials).
             trial.set_user_attr("interrupted", e.signum)
-            trial.set_user_attr("fail_reason", str(e))
+            _record_failure(trial, str(e), "interrupted")
             raise
-        result = {**outcome.result, "peak_memory_mb": outcome.peak_memory_mb,
-                  "start_memory_mb": outcome.start_memory_mb}
+        result = measures(outcome)
+        values = [float(result[m]) for m in ctx.config.metric_names]
+        pictures = outcome.result.get("pictures") or []
+        if taken_over(trial):
+            budgets = ctx.config.constraints.budgets()
+            holder = record_taken_over(trial, values, result, {m: float(result[m]) - b for m, b in budgets.items()})
+            _discard(pictures)
+            raise TakenOver(trial.number, holder)
         for key, value in result.items():
             trial.set_user_attr(key, value)
         set_constraints(trial, ctx.config, result)
-        artifacts.upload_trial_pictures(trial, result, ctx)  # never raises: a picture never fails a trial
-        return [result[m] for m in ctx.config.metric_names]
+        artifacts.upload_pictures(trial, pictures, ctx.artifact_dir)  # never raises: a picture never fails a trial
+        return values
 
     return objective
+
+
+def _record_failure(trial: optuna.Trial, reason: str, kind: str) -> None:
+    try:
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_kind", kind)
+    except RuntimeError:  # finished by another process meanwhile: nothing more to record
+        pass
+
+
+def _discard(pictures: list[str]) -> None:
+    for p in pictures:
+        if not p.startswith("error:"):
+            shutil.rmtree(Path(p).parent, ignore_errors=True)

@@ -16,8 +16,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+
+from search.trials import n_counted
 
 
 def _fmt(v: Any) -> str:
@@ -28,11 +31,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 class Display:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
@@ -40,15 +38,20 @@ class Display:
             self.console.width = 200  # log lines, not a screen: do not wrap
         self.live: Live | None = None
         self.stage = ""
-        self.started = time.monotonic()
         self.durations: list[float] = []
         self._trial_start = time.monotonic()
+        # Rendered inside our Live panel, never started on its own.  ETA from the rate of COMPLETE
+        # trials over the whole run (trials take minutes: rich's default 30 s window would show none).
+        self.progress = Progress(TextColumn("[bold]trials"), MofNCompleteColumn(), BarColumn(bar_width=30),
+                                 TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=self.console, auto_refresh=False, speed_estimate_period=7 * 86400)
+        self.task = None
         self.last_counts = ""  # training class counts of the last COMPLETE trial
 
     # -- lifecycle
     def start(self, study: optuna.Study, target: int, metric_names: list[str]) -> None:
         self.study, self.target, self.metric_names = study, target, metric_names
-        self.started = time.monotonic()
+        self.task = self.progress.add_task("trials", total=target, completed=self._complete())
         if self.console.is_terminal:
             self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
@@ -111,23 +114,15 @@ class Display:
 
     # -- rendering
     def _complete(self) -> int:
-        return sum(t.state == TrialState.COMPLETE for t in self.study.get_trials(deepcopy=False))
+        return n_counted(self.study)
 
     def _refresh(self) -> None:
         if self.live is not None:
             self.live.update(self._render())
 
     def _render(self) -> Group:
-        done = self._complete()
-        elapsed = time.monotonic() - self.started
-        eta = "-"
-        if self.durations:
-            eta = _duration(max(0, self.target - done) * sum(self.durations) / len(self.durations))
-        width = 30
-        filled = int(width * min(done, self.target) / max(self.target, 1))
-        head = Text.assemble(("trials ", "bold"), f"{done}/{self.target} ",
-                             ("█" * filled + "░" * (width - filled), "green"),
-                             f"  elapsed {_duration(elapsed)}  ETA {eta}")
+        if self.task is not None:
+            self.progress.update(self.task, completed=min(self._complete(), self.target))
         best = Table(box=None, show_header=True, pad_edge=False)
         best.add_column("objective")
         best.add_column("best so far")
@@ -136,7 +131,7 @@ class Display:
             vals = [v for v in vals if not math.isnan(v)]
             pick = max if d == optuna.study.StudyDirection.MAXIMIZE else min
             best.add_row(f"{m} ({'max' if pick is max else 'min'})", _fmt(pick(vals)) if vals else "-")
-        lines = [head, Text(f"now: {self.stage or 'idle'}")]
+        lines = [self.progress, Text(f"now: {self.stage or 'idle'}")]
         if self.last_counts:
             lines.append(Text(f"last: {self.last_counts.replace('; ', ': ', 1)}"))
         return Group(*lines, best)
@@ -155,12 +150,14 @@ def class_counts_text(trial: FrozenTrial) -> str:
 
 
 def pareto_table(study: optuna.Study, metric_names: list[str]) -> Table:
-    """The Pareto-optimal COMPLETE trials with their parameters and every metric."""
-    table = Table(title=f"Pareto-optimal trials of {study.study_name}")
+    """The Pareto-optimal COMPLETE trials with their parameters and the main measures, each naming its split."""
     trials = sorted(study.best_trials, key=lambda t: t.number)
+    split = study.user_attrs.get("search:objective_split", "test")
+    table = Table(title=f"Pareto-optimal trials of {study.study_name} (objectives on the {split} split)")
     params = sorted({k for t in trials for k in t.params})
-    extra = [m for m in ("accuracy", "precision", "recall", "f1", "roc_auc", "train_time_s",
-                         "test_time_s", "peak_memory_mb") if m not in metric_names]
+    shown = [f"{p}_{m}" for p in ("val", "test") for m in ("accuracy", "f1", "roc_auc")]
+    extra = [m for m in (*shown, "train_time_s", "test_time_s", "peak_memory_mb", "trial_memory_mb")
+             if m not in metric_names and any(m in t.user_attrs for t in trials)]
     for col in ["trial", *params, *metric_names, *extra]:
         table.add_column(col, justify="right")
     for t in trials:

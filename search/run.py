@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from search import config as cfg
-from search import signals
-from search import data, features
+from search import data, features, signals
 from search.errors import Interrupted, SearchError, StorageError, UsageError
+
+MAX_WORKERS_PER_CORE = 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,9 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("--study", required=True, help="config name in study_configs/ (or a path to a .toml file)")
     p.add_argument("--study-name", help="Optuna study name (default: the config name)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///studies.db)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: $SEARCH_STORAGE, else sqlite:///studies.db)")
     p.add_argument("--n-trials", type=int, help="target number of COMPLETE trials (default: the config's)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--trial-timeout", type=float,
+                   help="kill a trial after this many seconds (default: the config's, else 10x the slowest trial)")
     p.add_argument("--weights", help="backbone weights: imagenet, random, or a local file (default: the config's)")
     p.add_argument("--data-dir", type=Path, help="directory holding the dataset files")
     p.add_argument("--cache-dir", type=Path, help="feature cache directory (default: ~/.cache/optuna-tl-search/features)")
@@ -53,20 +58,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def _check_flags(a: argparse.Namespace) -> None:
-    if a.n_trials is not None and a.n_trials <= 0:
-        raise UsageError(f"--n-trials: must be positive, got {a.n_trials}")
-    if a.timeout is not None and not (math.isfinite(a.timeout) and a.timeout > 0):
-        raise UsageError(f"--timeout: must be a positive number of seconds, got {a.timeout}")
-    if a.workers <= 0:
-        raise UsageError(f"--workers: must be positive, got {a.workers}")
-    if a.heartbeat <= 0:
-        raise UsageError(f"--heartbeat: must be positive, got {a.heartbeat}")
-    if a.data_dir is not None and not a.data_dir.is_dir():
-        raise UsageError(f"--data-dir: {a.data_dir} is not a directory")
+def check_flags(a: argparse.Namespace) -> None:
+    """Every flag checked before anything is read or created."""
     from search.head import resolve_backend
 
-    a.backend = resolve_backend(a.backend)
+    cores = len(os.sched_getaffinity(0))
+    if a.n_trials is not None and not 0 < a.n_trials <= 100_000:
+        raise UsageError(f"--n-trials: must be 1-100000, got {a.n_trials}")
+    for flag, value in (("--timeout", a.timeout), ("--trial-timeout", a.trial_timeout)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= 30 * 86400):
+            raise UsageError(f"{flag}: must be a positive number of seconds up to 30 days, got {value}")
+    if not 0 < a.workers <= MAX_WORKERS_PER_CORE * cores:
+        raise UsageError(f"--workers: must be 1-{MAX_WORKERS_PER_CORE * cores} on this machine's {cores} cores "
+                         f"(each worker holds its trial's training rows in memory), got {a.workers}")
+    if not 0 < a.heartbeat <= 3600:
+        raise UsageError(f"--heartbeat: must be 1-3600 seconds, got {a.heartbeat}")
+    if a.seed is not None and not 0 <= a.seed < 2 ** 32:
+        raise UsageError(f"--seed: must be 0-{2 ** 32 - 1}, got {a.seed}")
+    if a.data_dir is not None and not a.data_dir.is_dir():
+        raise UsageError(f"--data-dir: {a.data_dir} is not a directory")
+    try:
+        a.backend = resolve_backend(a.backend)
+    except UsageError as e:
+        raise UsageError(f"--backend: {e}") from None
 
 
 def default_study_name(config_name: str, weights: str | None) -> str:
@@ -75,13 +89,14 @@ def default_study_name(config_name: str, weights: str | None) -> str:
         return config_name
     if weights in ("imagenet", "random"):
         return f"{config_name}-{weights}"
-    return f"{config_name}-{Path(weights).stem}"
+    return f"{config_name}-{cfg.safe_name(Path(weights).stem)}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, trial_target: str | None = None) -> int:
+    """``trial_target``: the "module:function" each trial process runs (default search.trial:run_trial)."""
     args = parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, trial_target)
     except SearchError as e:
         if args.debug:
             raise
@@ -96,13 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return StorageError.exit_code
 
 
-def _run(args: argparse.Namespace) -> int:
-    from search.progress import Display
-
-    signals.install()
-
-    # 1. Validate everything that needs no storage: a bad input must leave no database behind.
-    _check_flags(args)
+def load_settings(args: argparse.Namespace) -> cfg.StudyConfig:
     config = cfg.load_config(args.study)
     if args.weights:
         config = config.with_weights(args.weights)
@@ -112,101 +121,111 @@ def _run(args: argparse.Namespace) -> int:
         config = config.with_run(n_trials=args.n_trials)
     if args.timeout is not None:
         config = config.with_run(timeout=args.timeout)
+    if args.trial_timeout is not None:
+        config = config.with_run(trial_timeout=args.trial_timeout)
+    return config
+
+
+def _run(args: argparse.Namespace, trial_target: str | None) -> int:
+    from search import storage as sto
+    from search.progress import Display
+
+    signals.install()
+
+    # 1. Validate everything that needs no storage: a bad input must leave no database behind.
+    check_flags(args)
+    config = load_settings(args)
     study_name = cfg.check_study_name(args.study_name if args.study_name is not None
                                       else default_study_name(config.name, args.weights))
-
-    from search.study import DEFAULT_STORAGE, check_storage_url
-
-    storage_url = check_storage_url(args.storage or DEFAULT_STORAGE)
+    url = sto.check_url(sto.storage_url(args.storage))
     weights = features.resolve_weights(config.backbone.weights)
+    runtime = features.runtime_identity(args.backend)
     display = Display(_quiet_console()) if args.worker else Display()  # a worker's parent shows progress
 
     # 2. Data and the one-time feature extraction (in its own process).
     pooled = data.load_pooled(config.dataset.name, args.data_dir, config.dataset.subset)
-    n_classes = len(data.CLASS_NAMES[config.dataset.name])
+    info = data.DATASETS[config.dataset.name]
     fingerprint = pooled.fingerprint()
     cache_dir = (args.cache_dir or features.default_cache_dir()).resolve()
     key = features.cache_key(config.dataset.name, config.dataset.subset, config.preprocessing.name,
-                             config.preprocessing.resize, weights, fingerprint)
+                             config.preprocessing.resize, weights, fingerprint, runtime)
     display.message(f"data: {config.dataset.name} from {pooled.source}, {len(pooled.labels)} images, "
-                    f"classes {data.class_counts(pooled.labels, n_classes)}; weights {weights.identity}")
+                    f"classes {data.class_counts(pooled.labels, info.n_classes)}; weights {weights.identity}")
     from search import study as st
+    from search.config import study_identity
 
+    ident = study_identity(config, weights.identity, fingerprint, runtime)
     # A resume with other settings is refused before the (possibly long) feature extraction.
     if not args.worker:  # a worker's parent has checked; create_or_resume checks again below
-        st.check_resume(storage_url, study_name, st.identity(config, weights.identity, fingerprint))
-    _ensure_features(args, config, pooled, weights, cache_dir, key, display)
+        st.check_resume(url, study_name, ident)
+    _ensure_features(args, config, weights, cache_dir, key, display)
 
     # 3. Storage and study.
     import optuna
 
     from search import objective as obj
-    from search.samplers import make_sampler
-    from search.workers import worker_sampler_config
+    from search import samplers
+    from search.workers import worker_cpus, worker_sampler_config
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = st.open_storage(storage_url, heartbeat_interval=args.heartbeat)
-    ident = st.identity(config, weights.identity, fingerprint)
-    sampler = make_sampler(worker_sampler_config(config, args.worker))
-    study, created = st.create_or_resume(storage, study_name, config, ident, sampler)
-    if created:
-        study.set_user_attr("search:data", {"source": pooled.source, "n_images": int(len(pooled.labels)),
-                                            "class_names": list(data.CLASS_NAMES[config.dataset.name]),
-                                            "class_counts": data.class_counts(pooled.labels, n_classes)})
-    display.message(f"study {study_name!r} ({'new' if created else 'resumed'}) in {st._masked(storage_url)}; "
-                    f"trials train on Keras/{args.backend}")
+    storage = sto.open_storage(url, heartbeat_interval=args.heartbeat, max_retry=config.run.max_retries)
+    sampler = samplers.make_sampler(worker_sampler_config(config, args.worker))
+    study, created = st.create_or_resume(storage, study_name, config, ident, sampler, extra_attrs={
+        "search:data": {"source": pooled.source, "n_images": int(len(pooled.labels)),
+                        "class_names": list(info.class_names),
+                        "class_counts": data.class_counts(pooled.labels, info.n_classes)}})
+    target = samplers.target(config)
+    display.message(f"study {study_name!r} ({'new' if created else 'resumed'}) in {sto.mask(url)}; "
+                    f"objectives on the {config.objective_split} split; trials train on Keras/{args.backend}")
 
     # 4. Optimize until the target of COMPLETE trials is reached.
     from search import artifacts
 
-    ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=n_classes,
-                      target=config.run.n_trials, debug=args.debug,
-                      artifact_dir=artifacts.prepare(study, storage_url, args.artifact_dir),
-                      backend=args.backend)
+    ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=info.n_classes,
+                      class_names=info.class_names, target=target, debug=args.debug,
+                      artifact_dir=artifacts.prepare(study, url, args.artifact_dir), backend=args.backend,
+                      weights=weights.identity, cpus=worker_cpus(args.worker, args.workers),
+                      heartbeat_s=args.heartbeat, trial_target=trial_target or obj.TRIAL_TARGET)
+    if config.sampler.name == "grid" and not args.worker:
+        st.queue_grid_points(study, config, target)
     if args.workers > 1 and not args.worker:
         from search.workers import run_workers
 
-        return run_workers(args, study, display, config)
-    display.start(study, config.run.n_trials, config.metric_names)
+        return run_workers(args, study, display, config, target, url)
+    display.start(study, target, config.metric_names)
+    policy = st.RetryPolicy(grid=config.sampler.name == "grid", max_retries=config.run.max_retries,
+                            max_failures=config.run.max_consecutive_failures)
     try:
-        summary = st.optimize(study, obj.make_objective(ctx, display.on_event), config.run.n_trials,
-                              config.run.timeout, config.run.max_consecutive_failures,
-                              callbacks=[display.on_trial_end])
+        summary = st.optimize(study, obj.make_objective(ctx, display.on_event), target, config.run.timeout,
+                              policy, callbacks=[display.on_trial_end])
     except Interrupted as e:
         display.stop()
         retried = st.fail_own_trials(study, str(e))
         done = st.counts(study)[optuna.trial.TrialState.COMPLETE]
         what = f"trial(s) {', '.join(map(str, retried))} recorded as failed and queued for retry; " if retried else ""
-        print(f"{e}: {what}{done}/{config.run.n_trials} COMPLETE; run the same command to resume",
-              file=sys.stderr)
+        print(f"{e}: {what}{done}/{target} COMPLETE; run the same command to resume", file=sys.stderr)
         return e.exit_code
     display.stop()
     if study.best_trials and not args.worker:
         from rich.console import Console
 
-        Console(width=None if sys.stdout.isatty() else 200).print(_pareto(study, config.metric_names))
-    display.message(f"{summary.complete_after}/{config.run.n_trials} COMPLETE trials "
+        from search.progress import pareto_table
+
+        Console(width=None if sys.stdout.isatty() else 200).print(pareto_table(study, config.metric_names))
+    display.message(f"{summary.complete_after}/{target} COMPLETE trials "
                     f"({summary.complete_after - summary.complete_before} this run; stopped by {summary.stopped_by})"
                     + (f"; retried lost trials {summary.retried}" if summary.retried else ""))
     return 0
 
 
 def _quiet_console():
-    import os
-
     from rich.console import Console
 
     return Console(file=open(os.devnull, "w"))
 
 
-def _pareto(study, metric_names):
-    from search.progress import pareto_table
-
-    return pareto_table(study, metric_names)
-
-
-def _ensure_features(args, config, pooled, weights, cache_dir, key, display) -> None:
+def _ensure_features(args, config, weights, cache_dir, key, display) -> None:
     from search.isolate import run_isolated
 
     def build(tmp: Path) -> None:
@@ -215,7 +234,8 @@ def _ensure_features(args, config, pooled, weights, cache_dir, key, display) -> 
                 "preprocessing": config.preprocessing.name, "resize": config.preprocessing.resize,
                 "weights": vars(weights), "out_dir": str(tmp)}
         start = time.perf_counter()
-        outcome = run_isolated("search.features:extract_job", spec, display.on_event, echo_stderr=args.debug)
+        outcome = run_isolated("search.features:extract_job", spec, display.on_event, echo_stderr=args.debug,
+                               env={"KERAS_BACKEND": features.extraction_backend()})
         display.message(f"features cached in {cache_dir / key} (extraction {time.perf_counter() - start:.1f} s, "
                         f"peak memory {outcome.peak_memory_mb:.0f} MB)")
 

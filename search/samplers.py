@@ -2,41 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import optuna
 
-from search.config import CategoricalDist, FloatDist, IntDist, StudyConfig
+if TYPE_CHECKING:
+    from search.config import StudyConfig
 
 
-def grid_values(dist) -> list:
-    if isinstance(dist, CategoricalDist):
+def grid_values(dist: Any) -> list:
+    """The points of one search-space entry on a grid (categorical choices, int range, stepped float range)."""
+    if dist.type == "categorical":
         return list(dist.choices)
-    if isinstance(dist, IntDist):
+    if dist.type == "int":
         return list(range(dist.low, dist.high + 1, dist.step))
-    assert isinstance(dist, FloatDist) and dist.step is not None
+    assert dist.type == "float" and dist.step is not None
     n = int(np.floor((dist.high - dist.low) / dist.step + 1e-9)) + 1
     return [float(dist.low + i * dist.step) for i in range(n)]
 
 
-def grid_size(config: StudyConfig) -> int:
-    return int(np.prod([len(grid_values(d)) for d in config.search_space.values()]))
+def grid_space(config: "StudyConfig") -> dict[str, list]:
+    return {name: grid_values(d) for name, d in config.search_space.items()}
 
 
-def _grid(config: StudyConfig, seed: int | None) -> optuna.samplers.BaseSampler:
-    space = {name: grid_values(d) for name, d in config.search_space.items()}
-    return optuna.samplers.GridSampler(space, seed=seed)
+def grid_size(config: "StudyConfig") -> int:
+    return int(np.prod([len(v) for v in grid_space(config).values()]))
 
 
-SAMPLERS: dict[str, Callable[[StudyConfig, int | None], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda c, seed: optuna.samplers.TPESampler(seed=seed),
-    "random": lambda c, seed: optuna.samplers.RandomSampler(seed=seed),
-    "grid": _grid,
-    "nsga2": lambda c, seed: optuna.samplers.NSGAIISampler(seed=seed),
-    "qmc": lambda c, seed: optuna.samplers.QMCSampler(seed=seed),
+@dataclass(frozen=True)
+class SamplerInfo:
+    make: Callable[["StudyConfig", int | None], optuna.samplers.BaseSampler]
+    doc: str
+
+
+SAMPLERS: dict[str, SamplerInfo] = {
+    "tpe": SamplerInfo(lambda c, seed: optuna.samplers.TPESampler(seed=seed),
+                       "Optuna's multi-objective TPE (the default)"),
+    "random": SamplerInfo(lambda c, seed: optuna.samplers.RandomSampler(seed=seed), "independent random draws"),
+    "grid": SamplerInfo(lambda c, seed: optuna.samplers.GridSampler(grid_space(c), seed=seed),
+                        "every point of the grid exactly once (failed points retried with the same parameters)"),
+    "nsga2": SamplerInfo(lambda c, seed: optuna.samplers.NSGAIISampler(seed=seed), "NSGA-II genetic algorithm"),
+    "qmc": SamplerInfo(lambda c, seed: optuna.samplers.QMCSampler(seed=seed), "quasi-Monte Carlo (Sobol)"),
 }
 
 
-def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    return SAMPLERS[config.sampler.name](config, config.sampler.seed)
+def make_sampler(config: "StudyConfig") -> optuna.samplers.BaseSampler:
+    return SAMPLERS[config.sampler.name].make(config, config.sampler.seed)
+
+
+def target(config: "StudyConfig") -> int:
+    """The study's target number of COMPLETE trials: run.n_trials, and for a grid at most its points."""
+    if config.sampler.name == "grid":
+        return min(config.run.n_trials or grid_size(config), grid_size(config))
+    assert config.run.n_trials is not None  # the schema requires it for every other sampler
+    return config.run.n_trials

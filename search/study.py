@@ -1,162 +1,59 @@
-"""Storage and study lifecycle: open the storage, create or resume the study, recover lost trials, optimize.
+"""Study lifecycle: create or resume a study, recover lost trials, retry failed ones, optimize to the target.
 
 Guarantees (see README, "Reliability"):
-- Storage is an Optuna RDB storage (SQLite by default, PostgreSQL/MySQL by URL)
-  with Optuna's heartbeat, so a trial whose process died is failed and retried
-  with the same parameters; on this host a dead owner is detected at once.
-- A study records its identity (config, weights, data fingerprint) at creation;
-  resuming with anything else is refused with the list of differences.
-- The target is a number of COMPLETE trials shared by every worker.
+- A study records its identity (search.config.identity) when it is created,
+  under deferred signals, so no study exists without one; resuming with
+  another identity is refused with the list of differences, before any work.
+- The target is a number of COMPLETE trials shared by every worker; epoch
+  snapshots do not count.  A grid study runs every point exactly once: a
+  failed point is retried with the same parameters up to ``run.max_retries``
+  times, then the run stops naming the point; a point is never COMPLETE twice.
+  A trial killed by the kernel or its time limit is retried the same way in
+  any sampler.
+- A trial whose process died is failed and retried with the same parameters:
+  at once when its owner on this host is gone, else by Optuna's heartbeat.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
-import json
 import os
 import socket
-import sqlite3
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from search import signals
-from search.config import StudyConfig
-from search.errors import DriftError, StorageError, TooManyFailures, TrialFailed, UsageError
-from search.objective import OWNER_ATTR
+from search.config import StudyConfig, differences
+from search.errors import DriftError, SearchError, TooManyFailures, TrialFailed
+from search.storage import check_url, dispose, open_storage
+from search.trials import OWNER_ATTR, attempts, counted, fail_and_retry, n_counted, owner_alive, retry
 
-DEFAULT_STORAGE = "sqlite:///studies.db"
 IDENTITY_ATTR = "search:identity"
 CONFIG_ATTR = "search:config"
-MAX_RETRY = 3
+SPLIT_ATTR = "search:objective_split"
 POLL_S = 1.0
 OWNERLESS_AFTER_S = 120
-# Connections per process on a database server: the main thread and Optuna's heartbeat thread each
-# hold one (pool_size 2); a third concurrent use gets a short-lived extra one (max_overflow).  So a
-# worker keeps 2 connections open; PostgreSQL's default max_connections=100 serves ~45 workers.
-PG_POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 3600}
+# Failure kinds (search.errors.TrialFailed.kind) retried with the same parameters in any sampler:
+# the parameters were not at fault.  A grid retries every kind: each point must be measured.
+RETRIED_KINDS = ("killed", "timeout", "lost")
 
 
-# ---------------------------------------------------------------- storage
-
-def check_storage_url(url: str) -> str:
-    """Validate ``url`` without touching anything; return the URL SQLAlchemy should get."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        u = make_url(url)
-    except ArgumentError:
-        raise UsageError(f"--storage: malformed storage URL {url!r} (e.g. sqlite:///studies.db, "
-                         "postgresql://user:pass@host/db)") from None
-    backend = u.get_backend_name()
-    if backend not in ("sqlite", "postgresql", "mysql"):
-        raise UsageError(f"--storage: unsupported database {backend!r}; use sqlite, postgresql or mysql")
-    if backend == "sqlite":
-        if not u.database or u.database == ":memory:":
-            raise UsageError("--storage: an in-memory SQLite database would lose the study; name a file")
-        path = Path(u.database)
-        if not path.parent.is_dir():
-            raise UsageError(f"--storage: directory {path.parent} does not exist")
-        if path.exists() and not (path.stat().st_mode & 0o222):
-            raise StorageError(f"--storage: database file {path} is read-only")
-        if not path.exists() and not os.access(path.parent, os.W_OK):
-            raise StorageError(f"--storage: cannot create {path}: directory is not writable")
-    if backend == "postgresql" and u.get_driver_name() == "psycopg2":
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            u = u.set(drivername="postgresql+psycopg")
-    return u.render_as_string(hide_password=False)
-
-
-def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None) -> optuna.storages.RDBStorage:
-    url = check_storage_url(url)
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        # Several processes write this file: wait for locks instead of failing fast,
-        # and let readers (the dashboard) proceed during writes (WAL).
-        engine_kwargs = {"connect_args": {"timeout": 300}}
-        from sqlalchemy.engine import make_url
-
-        try:
-            with sqlite3.connect(make_url(url).database, timeout=300) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.Error as e:
-            raise StorageError(f"--storage: cannot open {url}: {e}") from None
-    else:
-        engine_kwargs = dict(PG_POOL)
-    # Heartbeat and its retry callback are "experimental" (since v2.8): not news for a user.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period or 3 * heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryCallback(max_retry=MAX_RETRY))
-        except Exception as e:  # SQLAlchemy's errors differ per driver; all mean "cannot open"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            # Processes starting at once on a new database race to create Optuna's tables;
-            # the loser sees them half-made: once they exist, opening works.
-            if attempt < 4 and any(m in first for m in ("already exists", "UniqueViolation", "UNIQUE constraint",
-                                                         "duplicate key")):
-                time.sleep(0.2 + 0.3 * attempt)
-                continue
-            raise StorageError(f"--storage: cannot open {_masked(url)}: {first}") from None
-
-
-def _masked(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-class RetryCallback(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a failed trial (a WAITING copy with the same params), minus the dead owner."""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trial = copy.deepcopy(trial)
-        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != OWNER_ATTR}
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("fail_reason", "interrupted")}
-        super().__call__(study, trial)
+class GridPointFailed(SearchError):
+    """A grid point failed on every allowed attempt."""
 
 
 # ---------------------------------------------------------------- create / resume
-
-def identity(config: StudyConfig, weights_identity: str, data_fingerprint: str) -> dict[str, Any]:
-    ident = config.identity()
-    ident["backbone"] = {**ident["backbone"], "weights": weights_identity}
-    ident["data_fingerprint"] = data_fingerprint
-    return ident
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: d}
-
-
-def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    a, b = _flatten(stored), _flatten(current)
-    return [f"{k}: {json.dumps(a.get(k, '(absent)'))} -> {json.dumps(b.get(k, '(absent)'))}"
-            for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
-
 
 def check_resume(url: str, study_name: str, ident: dict[str, Any]) -> None:
     """Refuse a resume with other settings before any expensive work; creates nothing."""
     from sqlalchemy.engine import make_url
 
-    u = make_url(check_storage_url(url))
+    u = make_url(check_url(url))
     if u.get_backend_name() == "sqlite" and not Path(u.database).exists():
         return  # no file, no study: nothing to compare with, and nothing may be created yet
     storage = open_storage(url)
@@ -165,20 +62,40 @@ def check_resume(url: str, study_name: str, ident: dict[str, Any]) -> None:
             storage.get_study_id_from_name(study_name)
         except KeyError:
             return
-        _compare(optuna.load_study(study_name=study_name, storage=storage), study_name, ident)
+        _compare(optuna.load_study(study_name=study_name, storage=storage), study_name, ident, write=False)
     finally:
-        storage.engine.dispose()  # its connections would stay open on a database server until GC
+        dispose(storage)
 
 
-def _compare(study: optuna.Study, study_name: str, ident: dict[str, Any]) -> None:
+def _compare(study: optuna.Study, study_name: str, ident: dict[str, Any], write: bool = True) -> None:
     stored = study.user_attrs.get(IDENTITY_ATTR)
     if stored is None:
+        if not study.user_attrs and not study.get_trials(deepcopy=False):
+            # Created by this service, which then died before writing the identity (kill -9): adopt it.
+            if write:
+                study.set_user_attr(IDENTITY_ATTR, ident)
+            return
         raise DriftError(f"study {study_name!r} in this storage was not created by this service; "
                          f"use --study-name to start a new one")
-    diffs = differences(json.loads(json.dumps(stored)), json.loads(json.dumps(ident)))
+    if "runtime" not in stored:
+        stored = _adopt_runtime(study, stored, ident, write)
+    diffs = differences(stored, ident)
     if diffs:
         raise DriftError(f"study {study_name!r} was created with other settings ({'; '.join(diffs)}); "
                          f"resume it with its own settings, or start a new study with --study-name NEW_NAME")
+
+
+def _adopt_runtime(study: optuna.Study, stored: dict[str, Any], ident: dict[str, Any], write: bool) -> dict:
+    """A study from before runtimes were recorded: it takes this runtime if its trials trained on this backend."""
+    backends = {t.user_attrs.get("keras_backend") for t in study.get_trials(deepcopy=False)
+                if t.state == TrialState.COMPLETE}
+    backends.discard(None)
+    if backends and backends != {ident["runtime"]["trial_backend"]}:
+        return {**stored, "runtime": {"trial_backend": "/".join(sorted(backends))}}
+    adopted = {**stored, "runtime": ident["runtime"]}
+    if write:
+        study.set_user_attr(IDENTITY_ATTR, adopted)
+    return adopted
 
 
 def _load_and_compare(storage: optuna.storages.BaseStorage, study_name: str,
@@ -186,15 +103,15 @@ def _load_and_compare(storage: optuna.storages.BaseStorage, study_name: str,
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     # A study created this instant by another process gets its identity a moment after its name.
     deadline = time.monotonic() + 10
-    while (IDENTITY_ATTR not in study.user_attrs and time.monotonic() < deadline
-           and not study.get_trials(deepcopy=False)):
+    while IDENTITY_ATTR not in study.user_attrs and time.monotonic() < deadline:
         time.sleep(0.2)
     _compare(study, study_name, ident)
     return study
 
 
 def create_or_resume(storage: optuna.storages.BaseStorage, study_name: str, config: StudyConfig,
-                     ident: dict[str, Any], sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, bool]:
+                     ident: dict[str, Any], sampler: optuna.samplers.BaseSampler,
+                     extra_attrs: dict[str, Any] | None = None) -> tuple[optuna.Study, bool]:
     """Return (study, created).  A stored study must have the same identity."""
     try:
         storage.get_study_id_from_name(study_name)
@@ -203,39 +120,22 @@ def create_or_resume(storage: optuna.storages.BaseStorage, study_name: str, conf
         exists = False
     if exists:
         return _load_and_compare(storage, study_name, sampler, ident), False
-    try:
-        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                                    directions=config.directions)
-    except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago
-        return _load_and_compare(storage, study_name, sampler, ident), False
-    study.set_metric_names(config.metric_names)
-    study.set_user_attr(IDENTITY_ATTR, ident)
-    study.set_user_attr(CONFIG_ATTR, config.as_json())
-    study.set_user_attr("search:config_hash", config.identity_hash())
+    with signals.deferred():  # a Ctrl-C here must not leave a study without its identity
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                        directions=config.directions)
+        except optuna.exceptions.DuplicatedStudyError:  # another process created it a moment ago
+            return _load_and_compare(storage, study_name, sampler, ident), False
+        study.set_user_attr(IDENTITY_ATTR, ident)
+        study.set_metric_names(config.metric_names)
+        study.set_user_attr(CONFIG_ATTR, config.as_json())
+        study.set_user_attr(SPLIT_ATTR, config.objective_split)
+        for k, v in (extra_attrs or {}).items():
+            study.set_user_attr(k, v)
     return study, True
 
 
 # ---------------------------------------------------------------- lost trials
-
-def _owner_alive(owner: dict[str, Any]) -> bool:
-    try:
-        return abs(psutil.Process(owner["pid"]).create_time() - owner["started"]) < 0.01
-    except (psutil.NoSuchProcess, KeyError, TypeError):
-        return False
-
-
-def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason`` and queue its parameters again; False if it already ended."""
-    storage = study._storage
-    try:
-        # The reason first: Optuna refuses attributes on a finished trial.
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-        return False
-    RetryCallback(max_retry=MAX_RETRY)(study, storage.get_trial(trial._trial_id))
-    return True
-
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Retry at once the RUNNING trials whose owner process on this host is gone."""
@@ -244,83 +144,142 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.system_attrs.get(OWNER_ATTR)
-        if owner and owner.get("host") == host and not _owner_alive(owner):
-            if fail_and_retry(study, t, f"owner process {owner.get('pid')} died"):
-                recovered.append(t.number)
+        if owner and owner.get("host") == host and not owner_alive(owner):
+            reason = f"owner process {owner.get('pid')} died"
         elif (owner is None and t.datetime_start is not None
               and (now - t.datetime_start).total_seconds() > OWNERLESS_AFTER_S):
             # A worker records its owner milliseconds after Optuna creates the trial; one still
             # without an owner much later lost its process in that gap (kill -9) and has no heartbeat.
-            if fail_and_retry(study, t, "its process died before the trial started"):
+            reason = "its process died before the trial started"
+        else:
+            continue
+        with signals.deferred():  # the failure and its retry belong together
+            if fail_and_retry(study, t, reason):
                 recovered.append(t.number)
-    return recovered
+    return recovered + requeue_unretried(study)
+
+
+def requeue_unretried(study: optuna.Study) -> list[int]:
+    """Queue the retry of FAIL trials that were lost or interrupted but never queued (a crash in between)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if (t.user_attrs.get("fail_kind") in ("lost", "interrupted") or t.user_attrs.get("interrupted")) \
+                and retry(study, t):
+            out.append(t.number)
+    return out
 
 
 def fail_own_trials(study: optuna.Study, reason: str) -> list[int]:
     """On interruption: this process's trials are failed-and-retriable, never left RUNNING."""
     me, host = os.getpid(), socket.gethostname()
     out = []
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    for t in trials:
+    for t in study.get_trials(deepcopy=False):
         owner = t.system_attrs.get(OWNER_ATTR) or {}
         if owner.get("pid") != me or owner.get("host") != host:
             continue
         if t.state == TrialState.RUNNING:
-            if fail_and_retry(study, t, reason):
+            if fail_and_retry(study, t, reason, kind="interrupted"):
                 out.append(t.number)
-        elif t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
+        elif t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and retry(study, t):
             # Optuna already failed it when the signal's exception left the objective, which had
             # stored the reason (a finished trial takes no more attributes).
-            RetryCallback(max_retry=MAX_RETRY)(study, t)
             out.append(t.number)
     return out
+
+
+# ---------------------------------------------------------------- grids
+
+def queue_grid_points(study: optuna.Study, config: StudyConfig, target: int) -> int:
+    """Queue (in the config's order) the grid points not yet COMPLETE, RUNNING or queued, up to the target.
+
+    A run works through this queue, so every point is tried once per run with a fresh
+    retry budget, whatever Optuna's GridSampler thinks it has visited (it counts a FAIL
+    as done and then re-samples done points).  Returns how many were queued.
+    """
+    import itertools
+
+    from search.samplers import grid_space
+
+    space = grid_space(config)
+    taken = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)
+             if (t.state == TrialState.COMPLETE and counted(t)) or t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    room = target - len(taken)
+    queued = 0
+    for values in itertools.product(*space.values()):
+        if queued >= room:
+            break
+        point = dict(zip(space, values))
+        if not any(all(p.get(k) == v for k, v in point.items()) for p in taken):
+            study.enqueue_trial(point)
+            queued += 1
+    return queued
 
 
 # ---------------------------------------------------------------- optimize
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
+    """Trials per state; COMPLETE counts only trials that count toward the target (no snapshots)."""
     out = {s: 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
-        out[t.state] += 1
+        if t.state != TrialState.COMPLETE or counted(t):
+            out[t.state] += 1
     return out
 
 
 @dataclass
-class FailureGuard:
-    """Optuna callback: stop the study after ``limit`` consecutive failed trials."""
+class RetryPolicy:
+    """Optuna callback: retry failed trials whose parameters were not at fault; stop on repeated failures.
 
-    limit: int
+    - a grid trial that failed for any reason, and a trial of any sampler killed by the kernel or its
+      time limit, is queued again with the same parameters until it has had ``1 + max_retries`` attempts;
+      a grid point that fails on its last attempt stops the run (``error``);
+    - ``max_failures`` failed trials in a row stop the run with the last reason.
+    """
+
+    grid: bool
+    max_retries: int
+    max_failures: int
     streak: int = 0
     last_reason: str = ""
-    tripped: bool = False
+    error: SearchError | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL:
-            self.streak += 1
-            self.last_reason = trial.user_attrs.get("fail_reason", "unknown reason")
-            if self.streak >= self.limit:
-                self.tripped = True
-                study.stop()
-        elif trial.state == TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE:
             self.streak = 0
+            return
+        if trial.state != TrialState.FAIL:
+            return
+        kind = trial.user_attrs.get("fail_kind", "error")
+        reason = trial.user_attrs.get("fail_reason", "unknown reason")
+        if kind == "interrupted":
+            return  # the user stopped it; fail_own_trials queues it again
+        self.streak += 1
+        self.last_reason = reason
+        if self.grid or kind in RETRIED_KINDS:
+            if attempts(trial) <= self.max_retries:
+                retry(study, trial)
+            elif self.grid:
+                point = ", ".join(f"{k}={v}" for k, v in sorted(trial.params.items()))
+                self.error = GridPointFailed(f"grid point {point} failed {attempts(trial)} times; last: {reason}")
+        if self.error is None and self.streak >= self.max_failures:
+            self.error = TooManyFailures(f"stopped after {self.streak} consecutive failed trials; last: {reason}")
+        if self.error is not None:
+            study.stop()
 
 
 @dataclass
 class RunSummary:
     complete_before: int
     complete_after: int = 0
-    failed_here: int = 0
     stopped_by: str = "target"
     retried: list[int] = field(default_factory=list)
 
 
 def optimize(study: optuna.Study, objective: Callable, target: int, timeout: float | None,
-             max_failures: int, callbacks: list[Callable] = ()) -> RunSummary:
+             policy: RetryPolicy, callbacks: list[Callable] = ()) -> RunSummary:
     """Run trials until the study holds ``target`` COMPLETE trials (across all workers)."""
     start = time.monotonic()
-    guard = FailureGuard(max_failures)
-    summary = RunSummary(complete_before=counts(study)[TrialState.COMPLETE])
+    summary = RunSummary(complete_before=n_counted(study))
     summary.retried = recover_dead_trials(study)
     while True:
         c = counts(study)
@@ -337,15 +296,20 @@ def optimize(study: optuna.Study, objective: Callable, target: int, timeout: flo
             recover_dead_trials(study)
             time.sleep(POLL_S)
             continue
-        n_before = len(study.trials)
-        with signals.deferred():  # see search/signals.py: no ownerless RUNNING trial on Ctrl-C
-            study.optimize(objective, n_trials=target - done - running, timeout=left,
-                           catch=(TrialFailed,), callbacks=[guard, *callbacks])
-        if guard.tripped:
-            raise TooManyFailures(f"stopped after {guard.streak} consecutive failed trials; "
-                                  f"last: {guard.last_reason}")
-        if len(study.trials) == n_before:
+        n_before = len(study.get_trials(deepcopy=False))
+        try:
+            with signals.deferred():  # see search/signals.py: no ownerless RUNNING trial on Ctrl-C
+                study.optimize(objective, n_trials=target - done - running, timeout=left,
+                               catch=(TrialFailed,), callbacks=[policy, *callbacks])
+        except ValueError as e:
+            # Another process failed our running trial (a stale-heartbeat sweep) and Optuna refuses to
+            # tell it; the objective already recorded its result on the retry (search.trials).
+            if "Cannot tell a" not in str(e):
+                raise
+        if policy.error is not None:
+            raise policy.error
+        if len(study.get_trials(deepcopy=False)) == n_before:
             summary.stopped_by = "sampler has nothing left to try"
             break
-    summary.complete_after = counts(study)[TrialState.COMPLETE]
+    summary.complete_after = n_counted(study)
     return summary

@@ -1,84 +1,156 @@
-"""One trial, as it runs inside its own process: cached features -> split -> head -> metrics.
+"""One trial, as it runs inside its own process: cached features -> split -> head -> metrics -> pictures.
 
 ``run_trial`` takes a plain-dict spec (JSON-serializable, built by
-objective.py) so that it can cross a process boundary, and reports progress
-through a callback.
+search.objective.trial_spec) so that it can cross a process boundary, and
+reports progress through a callback.  Every quality metric it returns carries
+its split's prefix (``val_*`` on the validation split, ``test_*`` on the
+held-out test split), and ``objective_split`` says which of them the
+objectives are.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from search import data, features, head, metrics
+from search import data, features, head, isolate, metrics
 
 Report = Callable[..., None]
 
 
-def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
-    """Train and evaluate one head; return every measure (see objective.py for what becomes an objective).
+@dataclass
+class Split:
+    fit: np.ndarray                 # training rows (after any imbalance)
+    val: np.ndarray | None          # validation rows (validation protocol only)
+    test: np.ndarray                # held-out test rows
+    train_counts: list[int]
+    reduced: tuple[int, ...]
 
-    With ``evaluation = "validation"`` the unprefixed metrics are those of the
-    validation split (what the sampler sees) and the held-out test split's are
-    ``test_*``; with ``"test"`` (and in specs from before the setting existed) the
-    unprefixed metrics are the test split's, as in the paper.
-    """
+
+def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
+    """Train and evaluate one head; return every measure (objective.py picks the objectives)."""
     p = spec["params"]
     seed = spec["seed"]
-    n_classes = spec["n_classes"]
-    evaluation = spec.get("evaluation", "test")
-    profile = p.get("profile", "paper")
-    handling = p.get("handling", "none")
-    reduce_classes = tuple(spec["reduce_classes"])
+    objective_split = spec["evaluation"]
+    _start_backend()
 
     report(stage="loading features")
-    x, y = features.load_cached(spec["cache_dir"], spec["key"])
+    store = features.FeatureStore(spec["cache_dir"], spec["key"])
+    split = split_rows(spec, store.labels)
+    y = store.labels
+    x_train, y_train = store.take(split.fit), y[split.fit]
+    x_eval = store.take(split.val if split.val is not None else split.test)
+    x_test = store.take(split.test) if split.val is not None else x_eval
+    store.close()  # the map's pages count in this process's memory; the rows are copies now
 
-    fit_idx, val_idx, test_idx = data.protocol_split(y, p["split_ratio"], seed, evaluation,
-                                                     spec.get("validation_fraction", 0.2))
-    if p["balance"] == "imbalanced":
-        fit_idx = data.apply_profile(fit_idx, y, n_classes, profile, seed, rho=p.get("rho", 10.0),
-                                     paper_classes=reduce_classes, fraction=spec["reduce_fraction"])
-    train_counts = data.class_counts(y[fit_idx], n_classes)
-    reduced = data.reduced_classes(profile, n_classes, reduce_classes)
-
-    hp = head.HeadParams(units=p["units"], dropout=p["dropout"], l1=p["l1"], l2=p["l2"],
-                         learning_rate=p["learning_rate"], batch_size=p["batch_size"], epochs=p["epochs"],
-                         handling=handling, focal_gamma=p.get("focal_gamma", 2.0),
-                         label_smoothing=p.get("label_smoothing", 0.0))
-    # Fancy indexing copies the rows out of the memory map once, so epochs read RAM, not disk; the map
-    # (the whole cache file, counted in this process's peak memory while mapped) is closed before training.
-    x_train, y_train = np.asarray(x[fit_idx], dtype=np.float32), y[fit_idx]
-    x_test = np.asarray(x[test_idx], dtype=np.float32)
-    x_val = None if val_idx is None else np.asarray(x[val_idx], dtype=np.float32)
-    del x
-    if handling in ("oversample", "smote"):
+    handling = p.get("handling", "none")
+    if data.HANDLINGS[handling][0] == "data":
         report(stage=f"resampling ({handling})")
         x_train, y_train = data.resample(x_train, y_train, handling, seed)
-    fit_counts = data.class_counts(y_train, n_classes)
+    fit_counts = data.class_counts(y_train, spec["n_classes"])
+
+    y_eval = y[split.val if split.val is not None else split.test]
+    eval_key = f"{metrics.SPLIT_PREFIX[objective_split]}_accuracy"
+    curve: list[float] = []
+
+    def after_epoch(epoch: int, model: Any) -> bool:
+        # The paper's training curves: accuracy on the evaluation split after each epoch.
+        proba, _ = head.predict(model, x_eval)
+        curve.append(float(np.mean(proba.argmax(axis=1) == y_eval)))
+        return False
+
+    hp = head_params(p)
     report(stage="training", epoch=0, epochs=hp.epochs)
-    model, train_time = head.train_head(
-        x_train, y_train, n_classes, hp, seed,
+    model, fit = head.train_head(
+        x_train, y_train, spec["n_classes"], hp, seed, after_epoch=after_epoch,
         on_epoch=lambda epoch, loss: report(stage="training", epoch=epoch, epochs=hp.epochs, loss=loss))
     del x_train
 
     report(stage="evaluating")
-    proba, test_time = head.predict(model, x_test)
-    test_metrics = metrics.evaluate(y[test_idx], proba, n_classes, reduced)
-    import keras  # already loaded by head: which backend trained it is part of what time and memory mean
+    splits: dict[str, dict[str, Any]] = {}
+    eval_proba, eval_time = head.predict(model, x_eval)
+    splits[objective_split] = {"y": y_eval, "proba": eval_proba,
+                               "measures": metrics.evaluate(y_eval, eval_proba, spec["n_classes"], split.reduced)}
+    test_time = eval_time
+    if split.val is not None:
+        test_proba, test_time = head.predict(model, x_test)
+        y_test = y[split.test]
+        splits["test"] = {"y": y_test, "proba": test_proba,
+                          "measures": metrics.evaluate(y_test, test_proba, spec["n_classes"], split.reduced)}
 
-    common = dict(keras_backend=keras.backend.backend(), evaluation=evaluation,
-                  imbalance_profile=profile if p["balance"] == "imbalanced" else "none",
-                  reduced_classes=list(reduced), handling=handling,
-                  train_time_s=train_time, n_train=int(len(fit_idx)), n_test=int(len(test_idx)),
-                  train_class_counts=train_counts, fit_class_counts=fit_counts,
-                  test_class_counts=data.class_counts(y[test_idx], n_classes))
-    if val_idx is None:
-        return {**test_metrics, **common, "test_time_s": test_time}
-    val_proba, val_time = head.predict(model, x_val)
-    result = metrics.evaluate(y[val_idx], val_proba, n_classes, reduced)
-    result.update({f"test_{k}": v for k, v in test_metrics.items()})
-    result.update(common, test_time_s=val_time, heldout_test_time_s=test_time, n_val=int(len(val_idx)),
-                  val_class_counts=data.class_counts(y[val_idx], n_classes))
+    result: dict[str, Any] = {}
+    for name, d in splits.items():
+        result.update(metrics.prefixed(d["measures"], name))
+    history = {**fit.history, eval_key: curve}
+    import keras  # already loaded: which backend trained it is part of what time and memory mean
+
+    result.update(
+        objective_split=objective_split, keras_backend=keras.backend.backend(),
+        threads=len(os.sched_getaffinity(0)),
+        train_time_s=fit.train_time_s, compile_time_s=fit.compile_time_s, epoch_time_s=fit.epoch_time_s,
+        eval_time_s=fit.eval_time_s, epochs_run=fit.epochs_run, history=history,
+        test_time_s=test_time, n_train=int(len(split.fit)), n_test=int(len(split.test)),
+        imbalance_profile=p.get("profile", "paper") if p["balance"] == "imbalanced" else "none",
+        reduced_classes=list(split.reduced), handling=handling,
+        train_class_counts=split.train_counts, fit_class_counts=fit_counts,
+        test_class_counts=data.class_counts(y[split.test], spec["n_classes"]))
+    if split.val is not None:
+        result.update(val_time_s=eval_time, n_val=int(len(split.val)),
+                      val_class_counts=data.class_counts(y[split.val], spec["n_classes"]))
+    if spec.get("pictures"):
+        report(stage="drawing pictures")
+        result["pictures"] = _draw(spec, splits, history, eval_key, split.train_counts)
     return result
+
+
+def _start_backend() -> None:
+    """Load Keras and start its backend, then mark this as the process's memory baseline.
+
+    ``trial_memory_mb`` is the peak above this point: what the trial's own work holds
+    (data rows, model, optimizer state, compiled steps), not the interpreter and backend.
+    """
+    import keras
+
+    keras.ops.convert_to_numpy(keras.ops.ones((8, 8)) @ keras.ops.ones((8, 8)))
+    isolate.mark_baseline()
+
+
+def head_params(p: dict[str, Any]) -> head.HeadParams:
+    return head.HeadParams(units=p["units"], dropout=p["dropout"], l1=p["l1"], l2=p["l2"],
+                           learning_rate=p["learning_rate"], batch_size=p["batch_size"], epochs=p["epochs"],
+                           handling=p.get("handling", "none"), focal_gamma=p.get("focal_gamma", 2.0),
+                           label_smoothing=p.get("label_smoothing", 0.0))
+
+
+def split_rows(spec: dict[str, Any], labels: np.ndarray) -> Split:
+    """The trial's fit/validation/test rows: stratified, seeded; imbalance on the training part only."""
+    p, seed, n_classes = spec["params"], spec["seed"], spec["n_classes"]
+    profile = p.get("profile", "paper")
+    reduce_classes = tuple(spec["reduce_classes"])
+    fit_idx, val_idx, test_idx = data.protocol_split(labels, p["split_ratio"], seed, spec["evaluation"],
+                                                     spec.get("validation_fraction", 0.2))
+    if p["balance"] == "imbalanced":
+        fit_idx = data.apply_profile(fit_idx, labels, n_classes, profile, seed, rho=p.get("rho", 10.0),
+                                     paper_classes=reduce_classes, fraction=spec["reduce_fraction"])
+    return Split(fit_idx, val_idx, test_idx, data.class_counts(labels[fit_idx], n_classes),
+                 data.reduced_classes(profile, n_classes, reduce_classes))
+
+
+def _draw(spec: dict[str, Any], splits: dict[str, dict[str, Any]], history: dict[str, list[float]], eval_key: str,
+          train_counts: list[int]) -> list[str]:
+    """The trial's pictures into a fresh directory the coordinator uploads and removes.  Never raises."""
+    from search import pictures
+
+    try:
+        out = tempfile.mkdtemp(prefix="search-pictures-", dir=spec["pictures"].get("tmp_dir"))
+        return pictures.draw_trial(
+            Path(out), splits, history, eval_key, spec["class_names"],
+            f"{spec['pictures']['header']}, Keras/{spec['pictures']['backend']}, weights {spec['pictures']['weights']}",
+            train_counts)
+    except Exception as e:  # a picture is never worth a trial
+        return [f"error: {type(e).__name__}: {e}"[:500]]

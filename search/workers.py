@@ -15,9 +15,10 @@ print, and on SIGINT/SIGTERM passes the signal on: each worker records its
 running trial as failed-and-retriable and exits 130/143, and so does the
 parent.  Workers die with the parent (PR_SET_PDEATHSIG -> SIGTERM).
 
-``fast_trial`` is a stand-in for ``search.trial:run_trial`` (select it with
-``SEARCH_TRIAL_FN=search.workers:fast_trial``) for concurrency tests and
-benchmarks: it still runs in its own process, but sleeps instead of training.
+Each worker's trial processes run on their own share of this machine's cores
+(``worker_cpus``): N workers on C cores get about C/N each, so their times
+measure their own work, not contention.  The storage URL reaches the workers
+through their environment, never their command line (``ps`` shows that).
 """
 
 from __future__ import annotations
@@ -36,55 +37,40 @@ POLL_S = 0.5
 STOP_GRACE_S = 60.0
 
 
-# ---------------------------------------------------------------- stand-in trial
-
-def fast_trial(spec: dict[str, Any], report: Any) -> dict[str, Any]:
-    """A trial in its own process that takes ``SEARCH_FAST_TRIAL_S`` seconds (default 0.2) and trains nothing.
-
-    Returns the measures ``search.trial.run_trial`` returns, derived
-    deterministically from the parameters, so that tests can check that each
-    trial's values and attributes arrived; the confusion matrix and per-class
-    recall (the inputs of the trial pictures) only with SEARCH_FAST_TRIAL_PICTURES=1.
-    """
-    import hashlib
-    import json
-    import random
-
-    seconds = float(os.environ.get("SEARCH_FAST_TRIAL_S", "0.2"))
-    n = spec["n_classes"]
-    params = spec["params"]
-    report(stage="training", epoch=0, epochs=1)
-    time.sleep(seconds)
-    seed = int(hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8], 16)
-    rng = random.Random(seed)
-    per_test = 5
-    right = [rng.randint(2, per_test) for _ in range(n)]
-    cm = [[right[i] if j == i else (per_test - right[i] if j == (i + 1) % n else 0) for j in range(n)]
-          for i in range(n)]
-    recall = [r / per_test for r in right]
-    acc = sum(right) / (per_test * n)
-    from search.data import reduced_classes  # the classes run_trial averages reduced_recall over
-
-    reduced = reduced_classes(params.get("profile", "paper"), n, tuple(spec["reduce_classes"]))
-    report(stage="training", epoch=1, epochs=1, loss=1.0 - acc)
-    result = {"accuracy": acc, "balanced_accuracy": acc, "precision": acc, "recall": acc, "f1": acc,
-              "roc_auc": 0.5 + acc / 2, "worst_class_recall": min(recall),
-              "reduced_recall": sum(recall[c] for c in reduced) / len(reduced),
-              "train_time_s": seconds,
-              "test_time_s": 0.0, "n_train": 10 * n, "n_test": per_test * n,
-              "train_class_counts": [10] * n, "test_class_counts": [per_test] * n}
-    if os.environ.get("SEARCH_FAST_TRIAL_PICTURES") == "1":
-        # Drawing the two pictures costs the coordinating process ~1.5 s of CPU per trial,
-        # far more than the trial itself: off unless asked for.
-        result.update(per_class_recall=recall, confusion_matrix=cm)
-    return result
-
-
 # ---------------------------------------------------------------- parent
 
 def worker_command(argv: list[str], index: int) -> list[str]:
-    """Worker ``index``'s (1..N) command line: the parent's own, plus ``--worker INDEX``."""
-    return [sys.executable, "-m", "search.run", *argv, WORKER_FLAG, str(index)]
+    """Worker ``index``'s (1..N) command line: the parent's own program and flags minus ``--storage``
+    (passed in the environment), plus ``--worker INDEX``."""
+    main = sys.modules["__main__"]
+    module = getattr(getattr(main, "__spec__", None), "name", None) or "search.run"
+    return [sys.executable, "-m", module, *_without_storage(argv), WORKER_FLAG, str(index)]
+
+
+def _without_storage(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--storage":
+            skip = True
+        elif not a.startswith("--storage="):
+            out.append(a)
+    return out
+
+
+def worker_cpus(index: int, n_workers: int) -> tuple[int, ...] | None:
+    """The cores worker ``index`` (1..N) gives its trial processes; None (all) for a single process.
+
+    C cores over N workers: worker i gets cores [(i-1)*C/N, i*C/N), at least one, wrapping
+    round when there are more workers than cores.
+    """
+    if n_workers <= 1 or index < 1:
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // n_workers)
+    start = ((index - 1) * per) % len(cores)
+    return tuple(cores[(start + k) % len(cores)] for k in range(per))
 
 
 def worker_sampler_config(config: Any, index: int) -> Any:
@@ -130,21 +116,20 @@ def _describe_exit(rc: int) -> str:
     return f"exit code {rc}"
 
 
-def run_workers(args: Any, study: Any, display: Any, config: Any) -> int:
+def run_workers(args: Any, study: Any, display: Any, config: Any, target: int, storage_url: str) -> int:
     """Start ``args.workers`` workers, show their common progress, and return the exit code."""
     from optuna.trial import TrialState
 
     from search import study as st
     from search.errors import Interrupted
+    from search.storage import STORAGE_ENV, dispose
 
-    target = config.run.n_trials
     n = args.workers
     complete_before = st.counts(study)[TrialState.COMPLETE]
     retried = st.recover_dead_trials(study)
     # Opening the storage left two idle connections; polling from one thread needs one.
-    engine = getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
-    if engine is not None:
-        engine.dispose()
+    dispose(study._storage)
+    env = {**os.environ, STORAGE_ENV: storage_url}
     pool = _adopt_display(display, n)
     pool.start(study, target, config.metric_names)
 
@@ -163,7 +148,7 @@ def run_workers(args: Any, study: Any, display: Any, config: Any) -> int:
     try:
         for i in range(n):
             proc = subprocess.Popen(worker_command(args.argv, i + 1), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+                                    stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent, env=env)
             workers.append(Worker(i + 1, proc))
         for w in workers:
             w.relay = threading.Thread(target=relay, args=(w,), daemon=True)

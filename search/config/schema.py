@@ -1,0 +1,457 @@
+"""The schema of a study config: frozen pydantic sections, validated against the service's registries.
+
+A config holds fixed settings (dataset, balance, preprocessing, augmentation,
+backbone, head, training), a search space in Optuna's own vocabulary
+(``float``/``int``/``categorical`` with ``low``/``high``/``log``/``step``/``choices``)
+whose entries name searchable settings (``SEARCHABLE``) and replace their fixed
+values per trial, optional named arms (sets of fixed values a grid compares, as
+the paper's per-table settings), objectives, a sampler and run limits.
+
+Every named choice is checked against the registry that owns it
+(``search.data.DATASETS``, ``search.metrics.METRICS``, ...), so a new entry
+there is valid here at once.  Numeric fields have upper bounds wherever a
+larger value would only make a run take days.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
+
+from search.errors import unknown
+
+DAY_S = 86_400.0
+
+
+def _registry_check(v: str, registry: Any, what: str) -> str:
+    if v not in registry:
+        raise ValueError(unknown(what, v, registry))
+    return v
+
+
+class FieldError(ValueError):
+    """Raised inside validators to point at a field path of our choosing (see load.format_validation)."""
+
+    def __init__(self, loc: tuple, msg: str):
+        self.loc = loc
+        self.msg = msg
+        super().__init__(msg)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Dataset(_Frozen):
+    name: str
+    # 0 means the whole pooled dataset; N > 0 a stratified, seeded slice of N images.
+    subset: int = Field(0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from search.data import DATASETS
+
+        return _registry_check(v, DATASETS, "dataset")
+
+
+class Balance(_Frozen):
+    mode: Literal["balanced", "imbalanced"] = "balanced"
+    profile: str = "paper"          # search.data.PROFILES
+    rho: FiniteFloat = Field(10.0, gt=1.0, le=1e4)
+    reduce_classes: tuple[int, ...] = (0, 1, 2)
+    reduce_fraction: FiniteFloat = Field(0.1, gt=0.0, lt=1.0)
+
+    @field_validator("profile")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from search.data import PROFILES
+
+        return _registry_check(v, PROFILES, "imbalance profile")
+
+    @field_validator("reduce_classes")
+    @classmethod
+    def _classes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("must name at least one class")
+        if len(set(v)) != len(v) or min(v) < 0:
+            raise ValueError("classes must be distinct non-negative integers")
+        return v
+
+
+class Preprocessing(_Frozen):
+    name: str = "unit"
+    resize: Literal["bilinear", "nearest"] = "bilinear"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from search.features import PREPROCESSINGS
+
+        return _registry_check(v, PREPROCESSINGS, "preprocessing")
+
+
+class Augmentation(_Frozen):
+    """Training-row augmentation (the paper's: rotation 20 degrees, shifts 0.2, horizontal flip)."""
+
+    mode: str = "none"              # search.augment.MODES
+    rotation: FiniteFloat = Field(20.0, ge=0.0, le=180.0)   # degrees
+    shift: FiniteFloat = Field(0.2, ge=0.0, lt=1.0)         # fraction of width and height
+    horizontal_flip: bool = True
+    views: int = Field(4, ge=1, le=64)                      # augmented copies in the view cache
+
+    @field_validator("mode")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from search.augment import MODES
+
+        return _registry_check(v, MODES, "augmentation mode")
+
+
+class Backbone(_Frozen):
+    name: Literal["resnet50"] = "resnet50"
+    # "imagenet", "random", or a path to a local Keras weights file (no top).
+    weights: str = "imagenet"
+
+    @field_validator("weights")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be 'imagenet', 'random' or a file path")
+        return v
+
+
+class Head(_Frozen):
+    units: int = Field(1024, ge=1, le=16384)
+    dropout: FiniteFloat = Field(0.5, ge=0.0, lt=1.0)
+    l1: FiniteFloat = Field(0.0, ge=0.0)
+    l2: FiniteFloat = Field(0.0, ge=0.0)
+
+
+class Training(_Frozen):
+    optimizer: Literal["adam"] = "adam"
+    loss: Literal["categorical_crossentropy"] = "categorical_crossentropy"
+    learning_rate: FiniteFloat = Field(1e-3, gt=0.0)
+    batch_size: int = Field(32, ge=1, le=65536)
+    epochs: int = Field(5, ge=1, le=1000)
+    split_ratio: FiniteFloat = Field(0.8, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0, lt=2**32)
+    handling: str = "none"          # search.data.HANDLINGS
+    focal_gamma: FiniteFloat = Field(2.0, ge=0.0, le=10.0)
+    label_smoothing: FiniteFloat = Field(0.0, ge=0.0, lt=1.0)
+    evaluation: str = "validation"  # search.data.EVALUATIONS: where the objectives are measured
+    validation_fraction: FiniteFloat = Field(0.2, gt=0.0, lt=1.0)
+
+    @field_validator("handling")
+    @classmethod
+    def _handling(cls, v: str) -> str:
+        from search.data import HANDLINGS
+
+        return _registry_check(v, HANDLINGS, "handling")
+
+    @field_validator("evaluation")
+    @classmethod
+    def _evaluation(cls, v: str) -> str:
+        from search.data import EVALUATIONS
+
+        return _registry_check(v, EVALUATIONS, "evaluation")
+
+
+class FloatDist(_Frozen):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatDist:
+        _check_bounds(self.low, self.high, self.log)
+        if self.step is not None and (self.log or not self.step > 0 or not math.isfinite(self.step)):
+            raise ValueError("step must be a positive number and cannot be combined with log")
+        return self
+
+    def values(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class IntDist(_Frozen):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> IntDist:
+        _check_bounds(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("step cannot be combined with log")
+        return self
+
+    def values(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class CategoricalDist(_Frozen):
+    type: Literal["categorical"]
+    choices: tuple[Union[bool, int, float, str], ...]
+
+    @field_validator("choices")
+    @classmethod
+    def _check(cls, v: tuple) -> tuple:
+        if not v:
+            raise ValueError("choices must not be empty")
+        keys = [json.dumps(c) for c in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError("choices must not repeat")
+        for c in v:
+            if isinstance(c, float) and not math.isfinite(c):
+                raise ValueError("choices must be finite")
+        return v
+
+    def values(self) -> list[Any]:
+        return list(self.choices)
+
+
+def _check_bounds(low: float, high: float, log: bool) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("low and high must be finite numbers")
+    if not low < high:
+        raise ValueError(f"low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise ValueError("log scale needs low > 0")
+
+
+Distribution = Annotated[Union[FloatDist, IntDist, CategoricalDist], Field(discriminator="type")]
+
+# Searchable name -> (section, field) whose fixed value the search (or an arm) replaces.
+SEARCHABLE: dict[str, tuple[str, str]] = {
+    "split_ratio": ("training", "split_ratio"),
+    "epochs": ("training", "epochs"),
+    "batch_size": ("training", "batch_size"),
+    "learning_rate": ("training", "learning_rate"),
+    "dropout": ("head", "dropout"),
+    "l1": ("head", "l1"),
+    "l2": ("head", "l2"),
+    "units": ("head", "units"),
+    "balance": ("balance", "mode"),
+    "profile": ("balance", "profile"),
+    "rho": ("balance", "rho"),
+    "handling": ("training", "handling"),
+    "focal_gamma": ("training", "focal_gamma"),
+    "label_smoothing": ("training", "label_smoothing"),
+    "augmentation": ("augmentation", "mode"),
+}
+_INT_FIELDS = {"epochs", "batch_size", "units"}
+_CHOICE_FIELDS = {"mode", "profile", "handling"}  # string-valued: searchable as categorical only
+
+# A named set of fixed values ({searchable name: value}); the search space's `arm` picks one per trial.
+Arm = dict[str, Union[bool, int, float, str]]
+
+
+class Objective(_Frozen):
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from search.metrics import METRICS
+
+        return _registry_check(v, METRICS, "metric")
+
+
+class Sampler(_Frozen):
+    name: str = "tpe"
+    seed: int | None = Field(0, ge=0, lt=2**32)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from search.samplers import SAMPLERS
+
+        return _registry_check(v, SAMPLERS, "sampler")
+
+
+class Constraints(_Frozen):
+    """Budgets: a trial over one is infeasible (Optuna's trial.set_constraint), so never Pareto-optimal."""
+
+    max_peak_memory_mb: FiniteFloat | None = Field(None, gt=0.0)
+    max_train_time_s: FiniteFloat | None = Field(None, gt=0.0)
+
+    def budgets(self) -> dict[str, float]:
+        """Metric -> budget, for the budgets that are set."""
+        out = {"peak_memory_mb": self.max_peak_memory_mb, "train_time_s": self.max_train_time_s}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class Run(_Frozen):
+    # Target number of COMPLETE trials; a grid study defaults to (and is capped at) its number of points.
+    n_trials: int | None = Field(None, gt=0, le=100_000)
+    timeout: float | None = Field(None, gt=0, le=30 * DAY_S)
+    max_consecutive_failures: int = Field(3, ge=1, le=1000)
+    # A failed grid point, or a trial killed by the kernel or its time limit in any sampler, is run again
+    # with the same parameters up to this many times (search.study.RetryPolicy).
+    max_retries: int = Field(2, ge=0, le=10)
+    # Wall seconds after which a trial's process is killed; None: 10x the slowest COMPLETE trial (none
+    # for the first trial).
+    trial_timeout: float | None = Field(None, gt=0, le=7 * DAY_S)
+    # Record each epoch e < E of a trial inside the searched epochs range as its own COMPLETE trial
+    # (search.snapshots); "moasha" also stops a trial early at its rungs.
+    epoch_snapshots: bool = False
+    early_stopping: str = "none"    # search.snapshots.EARLY_STOPPING
+    rungs: tuple[int, ...] = (5, 10, 20)
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from search.snapshots import EARLY_STOPPING
+
+        return _registry_check(v, EARLY_STOPPING, "early stopping")
+
+
+class StudyConfig(_Frozen):
+    name: str
+    description: str = ""
+    dataset: Dataset
+    balance: Balance = Balance()
+    preprocessing: Preprocessing = Preprocessing()
+    augmentation: Augmentation = Augmentation()
+    backbone: Backbone = Backbone()
+    head: Head = Head()
+    training: Training = Training()
+    search_space: dict[str, Distribution] = Field(default_factory=dict)
+    arms: dict[str, Arm] = Field(default_factory=dict)
+    objectives: tuple[Objective, ...]
+    sampler: Sampler = Sampler()
+    constraints: Constraints = Constraints()
+    run: Run = Run()
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        if not v:
+            raise ValueError("at least one objective is needed")
+        names = [o.metric for o in v]
+        if len(set(names)) != len(names):
+            raise ValueError("an objective's metric appears twice")
+        return v
+
+    @model_validator(mode="after")
+    def _space(self) -> StudyConfig:
+        for name, dist in self.search_space.items():
+            if name == "arm":
+                self._check_arm_choice(dist)
+                continue
+            if name not in SEARCHABLE:
+                raise FieldError(("search_space", name),
+                                 f"not searchable; valid: {', '.join(['arm', *SEARCHABLE])}")
+            section, field = SEARCHABLE[name]
+            if field in _INT_FIELDS and isinstance(dist, FloatDist):
+                raise FieldError(("search_space", name, "type"), "must be 'int' or 'categorical'")
+            if field in _CHOICE_FIELDS and not isinstance(dist, CategoricalDist):
+                raise FieldError(("search_space", name, "type"), "must be 'categorical'")
+            for key, value in zip(_value_keys(dist), dist.values()):
+                self._check_value(("search_space", name, key), name, value)
+        for arm, overrides in self.arms.items():
+            for name, value in overrides.items():
+                if name not in SEARCHABLE:
+                    raise FieldError(("arms", arm, name), f"not a searchable setting; valid: {', '.join(SEARCHABLE)}")
+                if name in self.search_space:
+                    raise FieldError(("arms", arm, name), "is also in search_space; set it in one place")
+                self._check_value(("arms", arm, name), name, value)
+        if self.arms and "arm" not in self.search_space:
+            raise FieldError(("search_space",), "arms are defined but search_space has no `arm` entry "
+                                                "(e.g. arm = { type = \"categorical\", choices = [...] })")
+        from search.data import DATASETS
+
+        n_classes = DATASETS[self.dataset.name].n_classes
+        bad = [c for c in self.balance.reduce_classes if c >= n_classes]
+        if bad:
+            raise FieldError(("balance", "reduce_classes"),
+                             f"class {bad[0]} does not exist in {self.dataset.name} (classes 0-{n_classes - 1})")
+        self._check_grid()
+        self._check_run()
+        return self
+
+    def _check_arm_choice(self, dist: Any) -> None:
+        if not isinstance(dist, CategoricalDist):
+            raise FieldError(("search_space", "arm", "type"), "must be 'categorical' over the names in [arms]")
+        missing = [c for c in dist.choices if c not in self.arms]
+        if missing:
+            raise FieldError(("search_space", "arm", "choices"),
+                             f"no [arms.{missing[0]}] section; arms: {', '.join(self.arms) or '(none)'}")
+
+    def _check_value(self, loc: tuple, name: str, value: Any) -> None:
+        """Every value the search or an arm can produce must be a valid fixed value too."""
+        section, field = SEARCHABLE[name]
+        base = getattr(self, section)
+        try:
+            type(base).model_validate({**base.model_dump(), field: value})
+        except ValidationError as e:
+            raise FieldError(loc, e.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+    def _check_grid(self) -> None:
+        if self.sampler.name != "grid":
+            return
+        if not self.search_space:
+            raise FieldError(("sampler", "name"), "the grid sampler needs a search space")
+        for name, dist in self.search_space.items():
+            if isinstance(dist, FloatDist) and dist.step is None:
+                raise FieldError(("search_space", name),
+                                 "the grid sampler needs categorical, int or stepped float entries")
+
+    def _check_run(self) -> None:
+        if self.run.n_trials is None and self.sampler.name != "grid":
+            raise FieldError(("run", "n_trials"), "required (only a grid study defaults to its number of points)")
+        snapshots = self.run.epoch_snapshots or self.run.early_stopping != "none"
+        if snapshots and not isinstance(self.search_space.get("epochs"), (IntDist, CategoricalDist)):
+            raise FieldError(("run", "epoch_snapshots" if self.run.epoch_snapshots else "early_stopping"),
+                             "needs `epochs` in search_space (snapshots are the shorter schedules it could pick)")
+        if self.run.early_stopping != "none" and not self.run.epoch_snapshots:
+            raise FieldError(("run", "early_stopping"), "needs run.epoch_snapshots = true (it ranks the snapshots)")
+        if list(self.run.rungs) != sorted(set(self.run.rungs)) or not self.run.rungs or self.run.rungs[0] < 1:
+            raise FieldError(("run", "rungs"), "must be increasing positive epoch numbers")
+
+    # ------------------------------------------------------------ derived views
+
+    @property
+    def objective_split(self) -> str:
+        """Where the objectives are measured: "validation" or "test"."""
+        return self.training.evaluation
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The objectives' stored names, each saying its split (``val_accuracy``, ``train_time_s``)."""
+        from search.metrics import stored_name
+
+        return [stored_name(o.metric, self.objective_split) for o in self.objectives]
+
+    def with_weights(self, weights: str) -> StudyConfig:
+        return self.model_copy(update={"backbone": self.backbone.model_copy(update={"weights": weights})})
+
+    def with_seed(self, seed: int) -> StudyConfig:
+        return self.model_copy(update={
+            "training": self.training.model_copy(update={"seed": seed}),
+            "sampler": self.sampler.model_copy(update={"seed": seed}),
+        })
+
+    def with_run(self, **changes: Any) -> StudyConfig:
+        return self.model_copy(update={"run": self.run.model_copy(update=changes)})
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _value_keys(dist: Any) -> list[str]:
+    if isinstance(dist, CategoricalDist):
+        return [f"choices[{i}]" for i in range(len(dist.choices))]
+    return ["low", "high"]

@@ -1,0 +1,156 @@
+"""Optuna storages: check a URL before anything is created, open it for a run or read-only, never print a password.
+
+SQLite (the default, ``sqlite:///studies.db``) gets WAL and a 300 s busy
+timeout so several processes and the dashboard can share it; PostgreSQL and
+MySQL a small connection pool per process.  Every storage has Optuna's
+heartbeat, so a trial whose process died is failed and retried.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.errors import StorageError, UsageError
+
+DEFAULT_STORAGE = "sqlite:///studies.db"
+STORAGE_ENV = "SEARCH_STORAGE"  # a URL with a password is better given here than on a command line (ps shows it)
+# Connections per process on a database server: the main thread and Optuna's heartbeat thread each
+# hold one (pool_size 2); a third concurrent use gets a short-lived extra one (max_overflow).  So a
+# worker keeps 2 connections open; PostgreSQL's default max_connections=100 serves ~45 workers.
+PG_POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 3600}
+SQLITE_TIMEOUT_S = 300
+
+
+def mask(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for any text that is printed; works on malformed URLs too."""
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    head = url[:at]
+    start = head.find("//") + 2 if "//" in head else 0
+    credentials = head[start:]
+    if ":" not in credentials:
+        return url
+    return f"{head[:start]}{credentials.split(':', 1)[0]}:***{url[at:]}"
+
+
+def storage_url(flag: str | None) -> str:
+    """The storage to use: ``--storage``, else $SEARCH_STORAGE, else ``sqlite:///studies.db``."""
+    return flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def check_url(url: str) -> str:
+    """Validate ``url`` without touching anything; return the URL SQLAlchemy should get."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+        u.port  # noqa: B018 - a port that is not a number raises only here
+    except (ArgumentError, ValueError):
+        raise UsageError(f"--storage: malformed storage URL {mask(url)!r} (e.g. sqlite:///studies.db, "
+                         "postgresql://user:pass@host/db)") from None
+    backend = u.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql"):
+        raise UsageError(f"--storage: unsupported database {backend!r}; use sqlite, postgresql or mysql")
+    if backend == "sqlite":
+        if not u.database or u.database == ":memory:":
+            raise UsageError("--storage: an in-memory SQLite database would lose the study; name a file")
+        path = Path(u.database)
+        if not path.parent.is_dir():
+            raise UsageError(f"--storage: directory {path.parent} does not exist")
+        if path.exists() and not (path.stat().st_mode & 0o222):
+            raise StorageError(f"--storage: database file {path} is read-only")
+        if not path.exists() and not os.access(path.parent, os.W_OK):
+            raise StorageError(f"--storage: cannot create {path}: directory is not writable")
+    if backend == "postgresql" and u.get_driver_name() == "psycopg2":
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    return dict(PG_POOL)
+
+
+def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None,
+                 max_retry: int = 2) -> optuna.storages.RDBStorage:
+    """A storage for a run: created if missing, with heartbeat and the retry of stale trials."""
+    from search.trials import RetryCallback
+
+    url = check_url(url)
+    if url.startswith("sqlite"):
+        # Several processes write this file: wait for locks instead of failing fast,
+        # and let readers (the dashboard) proceed during writes (WAL).
+        from sqlalchemy.engine import make_url
+
+        try:
+            with sqlite3.connect(make_url(url).database, timeout=SQLITE_TIMEOUT_S) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as e:
+            raise StorageError(f"--storage: cannot open {mask(url)}: {e}") from None
+    # Heartbeat and its retry callback are "experimental" (since v2.8): not news for a user.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 3 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryCallback(max_retry=max_retry))
+        except Exception as e:  # SQLAlchemy's errors differ per driver; all mean "cannot open"
+            first = _first_line(e)
+            # Processes starting at once on a new database race to create Optuna's tables;
+            # the loser sees them half-made: once they exist, opening works.
+            if attempt < 4 and any(m in first for m in ("already exists", "UniqueViolation", "UNIQUE constraint",
+                                                         "duplicate key")):
+                time.sleep(0.2 + 0.3 * attempt)
+                continue
+            raise StorageError(f"--storage: cannot open {mask(url)}: {mask(first)}") from None
+    raise AssertionError("unreachable")
+
+
+def open_existing(url: str) -> optuna.storages.RDBStorage:
+    """A storage that must already exist (confirm, report, dashboard): nothing is created, no file, no table."""
+    url = check_url(url)
+    if url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        path = Path(make_url(url).database)
+        if not path.is_file():
+            raise UsageError(f"--storage: no database at {path}; run `python -m search.run --study NAME` first "
+                             f"or pass --storage")
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_table_creation=True)
+    except Exception as e:  # driver-specific errors all mean "cannot open"
+        raise StorageError(f"--storage: cannot open {mask(url)}: {mask(_first_line(e))}") from None
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """An existing study, or a one-line UsageError listing the studies there."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in storage.get_all_studies()) or "(none)"
+        raise UsageError(f"--study: no study {name!r} in this storage; studies: {names}") from None
+
+
+def dispose(storage: Any) -> None:
+    """Close a storage's connections now (on a database server they would stay open until garbage collection)."""
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
