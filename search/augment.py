@@ -1,20 +1,39 @@
 """Training-row augmentation: the paper's random rotation, width/height shift and horizontal flip (Keras 3 layers).
 
-Modes (``[augmentation] mode``, searchable as ``augmentation``):
+Modes (``[augmentation] mode``, searchable as ``augmentation``; a trial records
+the mode it used as ``augmentation`` and the number of cached views as ``views``):
 
 - ``none``: the plain feature cache.
 - ``views``: an augmented-view feature cache: V augmented copies of every image
-  extracted once through the frozen backbone; each epoch draws one view per
-  training row (seeded), so trials stay on cached features.
+  extracted once through the frozen backbone (search.features.extract_views);
+  each epoch draws one view per training row, seeded by the trial's seed and
+  the epoch (``draw_views``), so trials stay on cached features.  Batches are
+  gathered from the memory-mapped cache one epoch at a time (``view_batches``):
+  a trial holds one epoch of training rows, as a plain trial does, never all V.
 - ``online``: the backbone in the loop with augmentation applied per batch,
-  exactly as the paper; slow, for validating ``views``.
+  exactly as the paper (search.head.full_model); the trial reads the images
+  itself.  Slow; it exists to validate ``views``.
 
-Only training rows are ever augmented: validation and test rows are the plain features.
+Only training rows are ever augmented: validation and test rows are the plain
+cached features in every mode (in ``online`` too: the same backbone and
+preprocessing made them, which the trial checks on a few rows before training).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from search.errors import DataError, TrialFailed
+
+if TYPE_CHECKING:
+    from search.config import StudyConfig
+    from search.features import FeatureStore, Weights
+    from search.head import AfterEpoch, FitResult, HeadParams
 
 MODES: dict[str, str] = {
     "none": "no augmentation: the plain feature cache",
@@ -22,11 +41,23 @@ MODES: dict[str, str] = {
     "online": "the frozen backbone in the loop, augmentation per batch (the paper's way; slow)",
 }
 
+# What a view is made of; part of the view cache's key, so a change here never reuses old views.
+METHOD = "keras3 RandomRotation, RandomTranslation (fill nearest), RandomFlip horizontal; on backbone input; v1"
+# The views of a cache entry are one fixed draw, shared by every trial and study that uses the entry;
+# trials differ in which view each row gets per epoch (seeded by the trial's seed), not in the views.
+VIEW_SEED = 0
+# Rows gathered from the view cache between releases of its pages: bounds the map's share of a trial's
+# memory to about this many rows (8 KB each) plus one checksum block.
+GATHER_ROWS = 8192
+# Rows on which an online trial checks that its backbone reproduces the cached features.
+BACKBONE_CHECK_ROWS = 16
+
 
 def augmenter(rotation: float, shift: float, horizontal_flip: bool, seed: int):
     """A Keras model applying the paper's augmentation to (N, 32, 32, 3) images, seeded.
 
     ``rotation`` is in degrees (Keras' RandomRotation takes a fraction of a full turn).
+    The layers augment when called directly and when fitting, never in ``predict``.
     """
     import keras
 
@@ -38,3 +69,288 @@ def augmenter(rotation: float, shift: float, horizontal_flip: bool, seed: int):
     if horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
     return keras.Sequential(layers, name="augmentation")
+
+
+# ---------------------------------------------------------------- views: identity and draws
+
+def view_settings(aug: Any, seed: int = VIEW_SEED) -> dict[str, Any]:
+    """What makes a view cache (its key's ``augmentation`` part): the config's settings, V, the seed, the method.
+
+    ``aug`` is the config's ``[augmentation]`` section or its dict.
+    """
+    d = aug if isinstance(aug, dict) else aug.model_dump()
+    return {"rotation": float(d["rotation"]), "shift": float(d["shift"]),
+            "horizontal_flip": bool(d["horizontal_flip"]), "views": int(d["views"]), "seed": int(seed),
+            "method": METHOD}
+
+
+def view_seed(seed: int, view: int) -> int:
+    """The augmentation seed of view ``view`` of an entry drawn with ``seed``: an independent stream per view."""
+    return int(np.random.SeedSequence([seed, view]).generate_state(1)[0] >> 2)  # Keras seeds fit in int32
+
+
+def draw_views(n_rows: int, n_views: int, seed: int, epoch: int) -> np.ndarray:
+    """Which view each of ``n_rows`` training rows uses in ``epoch`` (0-based): seeded by the trial's seed."""
+    return np.random.default_rng([seed, epoch, 0]).integers(0, n_views, size=n_rows)
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------- the coordinator's side
+
+def modes_used(config: "StudyConfig") -> set[str]:
+    """The augmentation modes the trials of ``config`` can use: searched, set per arm, or fixed."""
+    searched = config.search_space.get("augmentation")
+    if searched is not None:
+        return {str(c) for c in searched.values()}
+    fixed = config.augmentation.mode
+    arm = config.search_space.get("arm")
+    if arm is None:
+        return {fixed}
+    return {str(config.arms[a].get("augmentation", fixed)) for a in arm.values()}
+
+
+def view_key(config: "StudyConfig", weights: "Weights", fingerprint: str, runtime: dict[str, str]) -> str:
+    """The view cache's entry: the plain cache's key plus the view settings."""
+    from search import features
+
+    return features.cache_key(config.dataset.name, config.dataset.subset, config.preprocessing.name,
+                              config.preprocessing.resize, weights, fingerprint, runtime,
+                              augmentation=view_settings(config.augmentation))
+
+
+def views_job_spec(config: "StudyConfig", weights: "Weights", data_dir: Path | None) -> dict[str, Any]:
+    """The spec of ``search.features:extract_views_job`` (add ``out_dir``)."""
+    return {"dataset": config.dataset.name, "data_dir": str(data_dir) if data_dir else None,
+            "subset": config.dataset.subset, "subset_seed": 0, "preprocessing": config.preprocessing.name,
+            "resize": config.preprocessing.resize, "weights": vars(weights),
+            "views": view_settings(config.augmentation)}
+
+
+def extra_spec(config: "StudyConfig", *, views_key: str | None, weights: "Weights", fingerprint: str,
+               data_dir: Path | None) -> dict[str, Any]:
+    """What a trial needs beyond search.objective.trial_spec for the modes ``config`` can use.
+
+    ``views_key``: the view cache entry; ``online``: where the images are (dataset, slice, data
+    directory) and what they must be (the study's data fingerprint), and the backbone to put
+    in the loop (the weights and the extraction backend, see ``trial_backend``).
+    """
+    from search import features
+
+    modes = modes_used(config)
+    out: dict[str, Any] = {}
+    if "views" in modes:
+        if views_key is None:
+            raise ValueError("a config that can use views needs the view cache's key")
+        out["views_key"] = views_key
+    if "online" in modes:
+        out["online"] = {"dataset": config.dataset.name, "subset": config.dataset.subset,
+                         "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "fingerprint": fingerprint,
+                         "preprocessing": config.preprocessing.name, "resize": config.preprocessing.resize,
+                         "weights": vars(weights), "backend": features.extraction_backend()}
+    return out
+
+
+def trial_backend(spec: dict[str, Any], default: str) -> str:
+    """The Keras backend of a trial's process: an ``online`` trial runs on the extraction backend.
+
+    Its backbone must be the one that made the cached evaluation features, and a random
+    initialisation differs between backends (same seed, other generator); ResNet50 also runs
+    2.5x faster on TensorFlow than on JAX on these CPUs.  Every other trial trains on ``default``.
+    """
+    if spec.get("params", {}).get("augmentation") == "online" and "online" in spec:
+        return str(spec["online"]["backend"])
+    return default
+
+
+# ---------------------------------------------------------------- the trial's side
+
+@dataclass
+class Augmented:
+    """A trial's augmented training input: ``train`` builds and fits the head, returning (head, FitResult)."""
+
+    mode: str
+    views: int                      # cached views drawn from (0: none or online)
+    fit_counts: list[int]           # class counts of the rows one epoch trains on (after any resampling)
+    train: Callable[[int, "HeadParams", int, "AfterEpoch | None", Callable[[int, float], None]],
+                    tuple[Any, "FitResult"]]
+
+
+def training(spec: dict[str, Any], mode: str, rows: np.ndarray, store: "FeatureStore", handling: str,
+             seed: int, report: Callable[..., None]) -> Augmented:
+    """The augmented training input of a trial whose training rows (of the plain cache ``store``) are ``rows``.
+
+    Called while ``store`` is open; the returned object holds no reference to it.
+    """
+    from search import data
+
+    if mode == "views":
+        if "views_key" not in spec:
+            raise TrialFailed("augmentation 'views' needs the view cache, which this study did not build")
+        return _views(spec, rows, store.labels, handling, seed)
+    if mode == "online":
+        if "online" not in spec:
+            raise TrialFailed("augmentation 'online' needs the images, which this study's spec does not name")
+        if data.HANDLINGS[handling][0] == "data":
+            raise TrialFailed(f"handling {handling!r} resamples cached features; augmentation 'online' trains on "
+                              f"images (use 'views', or a loss handling)")
+        return _online(spec, rows, store, seed, report)
+    raise ValueError(f"not an augmentation with its own training input: {mode!r}")
+
+
+def _views(spec: dict[str, Any], rows: np.ndarray, labels: np.ndarray, handling: str, seed: int) -> Augmented:
+    from search import data, features
+
+    store = features.FeatureStore(spec["cache_dir"], spec["views_key"])
+    if store.n != len(labels) or not np.array_equal(store.labels, labels):
+        raise TrialFailed(f"view cache {store.entry} does not hold the rows of the feature cache {spec['key']}")
+    n_views = store.n_views
+    y = labels[rows]
+    counts = data.class_counts(y, spec["n_classes"])
+    if data.HANDLINGS[handling][0] == "data":
+        # Resampling runs per epoch on that epoch's views (view_batches); its class counts do not vary.
+        present = [c for c in counts if c]
+        counts = [max(present) if c else 0 for c in counts]
+
+    def train(n_classes: int, hp: "HeadParams", seed_: int, after_epoch: "AfterEpoch | None",
+              on_epoch: Callable[[int, float], None]) -> tuple[Any, "FitResult"]:
+        from search import head
+
+        batches = view_batches(store, rows, y, n_classes, hp, seed_, handling)
+        model = head.build_head(store.meta["shape"][-1], n_classes, hp, seed_)
+        try:
+            return model, head.fit(model, batches, y, hp, seed_, after_epoch=after_epoch, on_epoch=on_epoch)
+        finally:
+            batches.close()
+
+    return Augmented("views", n_views, counts, train)
+
+
+def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_classes: int, hp: "HeadParams",
+                 seed: int, handling: str = "none"):
+    """A ``keras.utils.PyDataset`` of training batches drawn from the view cache ``store``.
+
+    Epoch e trains on row i's view ``draw_views(...)[i]``, in a seeded random order.  The
+    epoch's rows are gathered from the memory map in ``GATHER_ROWS`` chunks, releasing the
+    map's pages after each (search.features.FeatureStore.release), into one (n, D) array: the
+    memory of a plain trial's training rows, whatever V.  The next epoch's rows are gathered
+    at its first batch, so the last epoch gathers nothing it does not use.  A "data" handling
+    (oversample, smote) resamples each epoch's rows; "class_weight" becomes sample weights;
+    focal loss and label smoothing get one-hot targets (search.head.fit does these for arrays).
+    """
+    import keras
+
+    from search import data, head
+
+    weights = head.class_weights(y, n_classes) if hp.handling == "class_weight" else None
+    resample = data.HANDLINGS[handling][0] == "data"
+
+    class ViewBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self._x: np.ndarray | None = None
+            self._y = y
+            self._order = np.arange(len(y))
+            self._gather()  # epoch 0 now: the number of batches must be known before fit starts
+            self._batches = math.ceil(len(self._y) / hp.batch_size)
+
+        def _gather(self) -> None:
+            self._x = None  # the last epoch's rows go before this epoch's arrive
+            views = draw_views(len(rows), store.n_views, seed, self.epoch)
+            x = np.empty((len(rows), store.meta["shape"][-1]), dtype=np.float32)
+            for start in range(0, len(rows), GATHER_ROWS):
+                part = slice(start, start + GATHER_ROWS)
+                x[part] = store.take(rows[part], views[part])
+                store.release()
+            yy = y
+            if resample:
+                x, yy = data.resample(x, y, handling, _epoch_seed(seed, self.epoch, 1))
+            self._x, self._y = x, yy
+            self._order = np.random.default_rng(_epoch_seed(seed, self.epoch, 2)).permutation(len(yy))
+
+        @property
+        def num_batches(self) -> int:
+            return self._batches
+
+        def __len__(self) -> int:  # search.head.fit counts an epoch's steps with len()
+            return self._batches
+
+        def __getitem__(self, i: int):
+            if self._x is None:
+                self._gather()
+            idx = self._order[i * hp.batch_size:(i + 1) * hp.batch_size]
+            xb, yb = self._x[idx], self._y[idx]
+            target = np.eye(n_classes, dtype=np.float32)[yb] if hp.one_hot else yb
+            if weights is None:
+                return xb, target
+            return xb, target, np.array([weights.get(int(c), 1.0) for c in yb], dtype=np.float32)
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self._x = None
+
+        def close(self) -> None:
+            self._x = None
+            store.close()
+
+    return ViewBatches()
+
+
+def _online(spec: dict[str, Any], rows: np.ndarray, store: "FeatureStore", seed: int,
+            report: Callable[..., None]) -> Augmented:
+    from search import data, features
+
+    o = spec["online"]
+    report(stage="loading images")
+    pooled = data.load_pooled(o["dataset"], Path(o["data_dir"]) if o["data_dir"] else None, o["subset"])
+    if pooled.fingerprint() != o["fingerprint"]:
+        raise DataError(f"the images read from {pooled.source} are not the study's data (fingerprint "
+                        f"{pooled.fingerprint()}, the study's {o['fingerprint']}); the online trial stops here")
+    if not np.array_equal(pooled.labels, store.labels):
+        raise DataError(f"the images read from {pooled.source} are not in the feature cache's order")
+    check = rows[:BACKBONE_CHECK_ROWS]
+    cached = store.take(check)
+    y = pooled.labels[rows]
+    images = _backbone_input(pooled.images, rows, o["preprocessing"], o["resize"])
+    check_x = features.to_backbone_input(pooled.images[check], o["preprocessing"], o["resize"])
+    del pooled
+    aug = spec["augmentation"]
+
+    def train(n_classes: int, hp: "HeadParams", seed_: int, after_epoch: "AfterEpoch | None",
+              on_epoch: Callable[[int, float], None]) -> tuple[Any, "FitResult"]:
+        from search import head
+
+        backbone = features.build_backbone(features.Weights(**o["weights"]))
+        _check_backbone(backbone, check_x, cached)
+        model = head.build_head(cached.shape[1], n_classes, hp, seed_)
+        full = head.full_model(backbone, model, augmenter(aug["rotation"], aug["shift"], aug["horizontal_flip"],
+                                                           seed_))
+        # Curves and snapshots look at the head, which predicts from the cached evaluation features.
+        hook = None if after_epoch is None else (lambda epoch, _full: after_epoch(epoch, model))
+        return model, head.fit(full, images, y, hp, seed_, after_epoch=hook, on_epoch=on_epoch)
+
+    return Augmented("online", 0, data.class_counts(y, spec["n_classes"]), train)
+
+
+def _backbone_input(images: np.ndarray, rows: np.ndarray, preprocessing: str, resize: str) -> np.ndarray:
+    """float32 backbone input of ``images[rows]``, converted in chunks (the full-size copies would triple it)."""
+    from search import features
+
+    out = np.empty((len(rows), 32, 32, 3), dtype=np.float32)
+    for start in range(0, len(rows), GATHER_ROWS):
+        part = slice(start, start + GATHER_ROWS)
+        out[part] = features.to_backbone_input(images[rows[part]], preprocessing, resize)
+    return out
+
+
+def _check_backbone(backbone: Any, x: np.ndarray, cached: np.ndarray) -> None:
+    """The online backbone must be the one whose features the trial evaluates on; else the trial fails."""
+    got = np.asarray(backbone.predict(x, batch_size=len(x), verbose=0), dtype=np.float32)
+    diff = float(np.max(np.abs(got - cached))) if len(x) else 0.0
+    scale = max(1e-6, float(np.max(np.abs(cached)))) if len(x) else 1.0
+    if diff > 1e-3 * scale:
+        raise TrialFailed(f"the online backbone does not reproduce the cached features (max difference {diff:.3g} "
+                          f"on features up to {scale:.3g}): other weights or another backend than the extraction's")

@@ -5,7 +5,9 @@ A trial never runs the backbone: it reads rows of the cached (N, 2048) matrix
 one directory holding ``features.npy``, ``labels.npy`` and ``meta.json``; the
 metadata carries a CRC-32 per block of rows, so a reader verifies exactly the
 rows it reads, once per process (``FeatureStore``), and a damaged entry is
-refused (``CacheError``), never used.  A build writes a temporary directory and
+refused (``CacheError``), never used.  Pages a reader has checked or gathered
+are released from its memory (``release``), so walking a view cache several
+times the size of a trial's rows does not count against the trial.  A build writes a temporary directory and
 renames it into place, so a reader sees a whole entry or none; an exclusive
 file lock per key makes a second builder wait for the first instead of
 repeating it.  Reading a complete entry takes no lock and no write access, so a
@@ -23,6 +25,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import warnings
@@ -220,7 +223,34 @@ def sha256_file(path: Path) -> str:
 # ---------------------------------------------------------------- reading, verified
 
 def _block_crcs(rows: np.ndarray, block_rows: int) -> list[int]:
-    return [zlib.crc32(np.ascontiguousarray(rows[i:i + block_rows]).data) for i in range(0, len(rows), block_rows)]
+    crcs = []
+    for i in range(0, len(rows), block_rows):
+        crcs.append(zlib.crc32(np.ascontiguousarray(rows[i:i + block_rows]).data))
+        _release(rows, i, i + block_rows)
+    return crcs
+
+
+def _release(rows: np.ndarray, start: int = 0, stop: int | None = None) -> None:
+    """Drop this process's resident pages of rows ``start:stop`` of a memory-mapped (rows, D) array.
+
+    The pages stay in the kernel's page cache (a later read is a minor fault, not a disk read),
+    but no longer count in the process's RSS: without this, checking or gathering from a
+    (V, N, 2048) view cache would leave the whole file resident in the trial's memory.
+    Arrays that are not memory maps are left alone.
+    """
+    mm = getattr(rows, "_mmap", None)
+    if mm is None or len(mm) == 0:
+        return
+    row_bytes = rows.shape[-1] * rows.itemsize
+    stop = len(rows) if stop is None else min(stop, len(rows))
+    first = rows.offset % mmap.ALLOCATIONGRANULARITY + start * row_bytes  # where the data begins in the map
+    aligned = first - first % mmap.PAGESIZE
+    length = min(first + (stop - start) * row_bytes, len(mm)) - aligned
+    if length > 0:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, aligned, length)
+        except (OSError, ValueError, AttributeError):  # only a memory optimisation
+            pass
 
 
 class FeatureStore:
@@ -265,6 +295,7 @@ class FeatureStore:
             if zlib.crc32(np.ascontiguousarray(self._rows[b * size:(b + 1) * size]).data) != crcs[b]:
                 raise CacheError(f"feature cache {self.entry} is damaged (rows {b * size}-{(b + 1) * size - 1} "
                                  f"fail their checksum); it was not used; run search.run to rebuild it")
+            _release(self._rows, b * size, (b + 1) * size)
             self._verified.add(b)
 
     def take(self, idx: np.ndarray, view: int | np.ndarray = 0) -> np.ndarray:
@@ -275,6 +306,10 @@ class FeatureStore:
 
     def verify_all(self) -> None:
         self._verify(np.arange((len(self._rows) + self.meta["blocks"]["rows"] - 1) // self.meta["blocks"]["rows"]))
+
+    def release(self) -> None:
+        """Drop the map's pages this process has touched from its memory (see ``_release``); reads go on."""
+        _release(self._rows)
 
     def close(self) -> None:
         self._rows = self._mm = None  # type: ignore[assignment]
@@ -380,6 +415,39 @@ def extract(images: np.ndarray, labels: np.ndarray, preprocessing: str, resize: 
     np.save(out_dir / "labels.npy", labels.astype(np.int64))
 
 
+def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, resize: str, weights: Weights,
+                  settings: dict[str, Any], out_dir: Path,
+                  on_progress: Callable[[int, int], None] = lambda done, total: None) -> None:
+    """The augmented-view cache: ``settings["views"]`` augmented copies of every image through the backbone.
+
+    Writes a (V, N, D) ``features.npy``; view v is the whole dataset augmented once by
+    ``search.augment.augmenter`` seeded with ``view_seed(settings["seed"], v)``, so an entry is
+    one fixed, reproducible draw (``settings`` is ``search.augment.view_settings``, also in the key).
+    The augmentation acts on the backbone's input, as ``search.head.full_model`` does in the
+    ``online`` mode, so a view is exactly what an online batch could have seen.
+    """
+    import keras
+
+    from search.augment import augmenter, view_seed
+
+    backbone = build_backbone(weights)
+    n, n_views = len(images), int(settings["views"])
+    feats = open_features(out_dir / "features.npy", (n_views, n, backbone.output_shape[-1]))
+    chunk = EXTRACT_BATCH * 8
+    for v in range(n_views):
+        aug = augmenter(settings["rotation"], settings["shift"], settings["horizontal_flip"],
+                        view_seed(settings["seed"], v))
+        for start in range(0, n, chunk):
+            x = to_backbone_input(images[start:start + chunk], preprocessing, resize)
+            x = keras.ops.convert_to_numpy(aug(x, training=True))
+            feats[v, start:start + len(x)] = backbone.predict(x, batch_size=EXTRACT_BATCH, verbose=0)
+            on_progress(v * n + min(start + chunk, n), n_views * n)
+        feats.flush()
+        _release(feats.reshape(-1, feats.shape[-1]))  # written pages need not stay in this process's memory
+    del feats
+    np.save(out_dir / "labels.npy", labels.astype(np.int64))
+
+
 def extract_job(spec: dict, report: Callable[..., None]) -> dict:
     """Child-process entry (see isolate.py): read the dataset, extract, write to ``spec['out_dir']``."""
     from search import data
@@ -391,3 +459,18 @@ def extract_job(spec: dict, report: Callable[..., None]) -> dict:
     extract(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights, Path(spec["out_dir"]),
             on_progress=lambda done, total: report(stage="extracting features", done=done, total=total))
     return {"n": len(pooled.labels)}
+
+
+def extract_views_job(spec: dict, report: Callable[..., None]) -> dict:
+    """Child-process entry for the augmented-view cache: ``extract_job``'s spec plus ``views`` (view_settings)."""
+    from search import data
+
+    pooled = data.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
+                              spec["subset"], spec["subset_seed"])
+    weights = Weights(**spec["weights"])
+    total = len(pooled.labels) * int(spec["views"]["views"])
+    report(stage="extracting augmented views", done=0, total=total)
+    extract_views(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights, spec["views"],
+                  Path(spec["out_dir"]),
+                  on_progress=lambda done, total: report(stage="extracting augmented views", done=done, total=total))
+    return {"n": len(pooled.labels), "views": int(spec["views"]["views"])}

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import optuna
 
 from search import artifacts, signals
+from search.augment import trial_backend
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
 from search.errors import Interrupted, TrialFailed
 from search.isolate import Event, Outcome, run_isolated
@@ -52,8 +53,10 @@ class Context:
     def run(self, spec: dict[str, Any], on_event: Callable[[Event], None], timeout: float | None) -> Outcome:
         if self.runner is not None:
             return self.runner(spec, on_event, timeout)
-        return run_isolated(self.trial_target, spec, on_event, env={"KERAS_BACKEND": self.backend},
-                            echo_stderr=self.debug, cpus=self.cpus, timeout=timeout)
+        # An online-augmented trial runs on the extraction backend (search.augment.trial_backend).
+        env = {"KERAS_BACKEND": trial_backend(spec, self.backend)}
+        return run_isolated(self.trial_target, spec, on_event, env=env, echo_stderr=self.debug, cpus=self.cpus,
+                            timeout=timeout)
 
 
 def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:

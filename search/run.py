@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace, trial_target: str | None) -> int:
     # A resume with other settings is refused before the (possibly long) feature extraction.
     if not args.worker:  # a worker's parent has checked; create_or_resume checks again below
         st.check_resume(url, study_name, ident)
-    _ensure_features(args, config, weights, cache_dir, key, display)
+    extra_spec = _ensure_features(args, config, weights, cache_dir, key, display, fingerprint, runtime)
 
     # 3. Storage and study.
     import optuna
@@ -186,7 +186,8 @@ def _run(args: argparse.Namespace, trial_target: str | None) -> int:
                       class_names=info.class_names, target=target, debug=args.debug,
                       artifact_dir=artifacts.prepare(study, url, args.artifact_dir), backend=args.backend,
                       weights=weights.identity, cpus=worker_cpus(args.worker, args.workers),
-                      heartbeat_s=args.heartbeat, trial_target=trial_target or obj.TRIAL_TARGET)
+                      heartbeat_s=args.heartbeat, trial_target=trial_target or obj.TRIAL_TARGET,
+                      extra_spec=extra_spec)
     if config.sampler.name == "grid" and not args.worker:
         st.queue_grid_points(study, config, target)
     if args.workers > 1 and not args.worker:
@@ -225,25 +226,40 @@ def _quiet_console():
     return Console(file=open(os.devnull, "w"))
 
 
-def _ensure_features(args, config, weights, cache_dir, key, display) -> None:
+def _ensure_features(args, config, weights, cache_dir, key, display, fingerprint, runtime) -> dict:
+    """The plain feature cache, and the augmented-view cache when a trial can use views; returns what trials
+    need beyond the plain cache (search.augment.extra_spec)."""
+    from search import augment
     from search.isolate import run_isolated
 
-    def build(tmp: Path) -> None:
-        spec = {"dataset": config.dataset.name, "data_dir": str(args.data_dir) if args.data_dir else None,
-                "subset": config.dataset.subset, "subset_seed": 0,
-                "preprocessing": config.preprocessing.name, "resize": config.preprocessing.resize,
-                "weights": vars(weights), "out_dir": str(tmp)}
-        start = time.perf_counter()
-        outcome = run_isolated("search.features:extract_job", spec, display.on_event, echo_stderr=args.debug,
-                               env={"KERAS_BACKEND": features.extraction_backend()})
-        display.message(f"features cached in {cache_dir / key} (extraction {time.perf_counter() - start:.1f} s, "
-                        f"peak memory {outcome.peak_memory_mb:.0f} MB)")
+    def builder(target: str, spec: dict, what: str, entry: str):
+        def build(tmp: Path) -> None:
+            start = time.perf_counter()
+            outcome = run_isolated(target, {**spec, "out_dir": str(tmp)}, display.on_event, echo_stderr=args.debug,
+                                   env={"KERAS_BACKEND": features.extraction_backend()})
+            display.message(f"{what} cached in {cache_dir / entry} (extraction {time.perf_counter() - start:.1f} s, "
+                            f"peak memory {outcome.peak_memory_mb:.0f} MB)")
+        return build
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        features.ensure_cached(cache_dir, key, build)
-    for w in caught:
-        display.message(f"warning: {w.message}")
+    plain = {"dataset": config.dataset.name, "data_dir": str(args.data_dir) if args.data_dir else None,
+             "subset": config.dataset.subset, "subset_seed": 0,
+             "preprocessing": config.preprocessing.name, "resize": config.preprocessing.resize,
+             "weights": vars(weights)}
+    entries = [(key, builder("search.features:extract_job", plain, "features", key))]
+    views_key = None
+    if "views" in augment.modes_used(config):
+        views_key = augment.view_key(config, weights, fingerprint, runtime)
+        entries.append((views_key, builder("search.features:extract_views_job",
+                                           augment.views_job_spec(config, weights, args.data_dir),
+                                           f"{config.augmentation.views} augmented views", views_key)))
+    for entry, build in entries:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            features.ensure_cached(cache_dir, entry, build)
+        for w in caught:
+            display.message(f"warning: {w.message}")
+    return augment.extra_spec(config, views_key=views_key, weights=weights, fingerprint=fingerprint,
+                              data_dir=args.data_dir)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search import data, features, head, isolate, metrics
+from search import augment, data, features, head, isolate, metrics
 
 Report = Callable[..., None]
 
@@ -43,16 +43,20 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     store = features.FeatureStore(spec["cache_dir"], spec["key"])
     split = split_rows(spec, store.labels)
     y = store.labels
-    x_train, y_train = store.take(split.fit), y[split.fit]
+    handling = p.get("handling", "none")
+    mode = p.get("augmentation", "none")
+    # Augmented training rows (views from the view cache, or images through the backbone) are search.augment's;
+    # validation and test rows are always the plain cached features.
+    augmented = augment.training(spec, mode, split.fit, store, handling, seed, report) if mode != "none" else None
+    x_train, y_train = (store.take(split.fit), y[split.fit]) if augmented is None else (None, None)
     x_eval = store.take(split.val if split.val is not None else split.test)
     x_test = store.take(split.test) if split.val is not None else x_eval
     store.close()  # the map's pages count in this process's memory; the rows are copies now
 
-    handling = p.get("handling", "none")
-    if data.HANDLINGS[handling][0] == "data":
+    if augmented is None and data.HANDLINGS[handling][0] == "data":
         report(stage=f"resampling ({handling})")
         x_train, y_train = data.resample(x_train, y_train, handling, seed)
-    fit_counts = data.class_counts(y_train, spec["n_classes"])
+    fit_counts = augmented.fit_counts if augmented is not None else data.class_counts(y_train, spec["n_classes"])
 
     y_eval = y[split.val if split.val is not None else split.test]
     eval_key = f"{metrics.SPLIT_PREFIX[objective_split]}_accuracy"
@@ -66,10 +70,17 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
 
     hp = head_params(p)
     report(stage="training", epoch=0, epochs=hp.epochs)
-    model, fit = head.train_head(
-        x_train, y_train, spec["n_classes"], hp, seed, after_epoch=after_epoch,
-        on_epoch=lambda epoch, loss: report(stage="training", epoch=epoch, epochs=hp.epochs, loss=loss))
-    del x_train
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        report(stage="training", epoch=epoch, epochs=hp.epochs, loss=loss)
+
+    if augmented is None:
+        model, fit = head.train_head(x_train, y_train, spec["n_classes"], hp, seed, after_epoch=after_epoch,
+                                     on_epoch=on_epoch)
+    else:
+        model, fit = augmented.train(spec["n_classes"], hp, seed, after_epoch, on_epoch)
+    augmented_views = augmented.views if augmented is not None else 0
+    del x_train, augmented
 
     report(stage="evaluating")
     splits: dict[str, dict[str, Any]] = {}
@@ -97,6 +108,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
         test_time_s=test_time, n_train=int(len(split.fit)), n_test=int(len(split.test)),
         imbalance_profile=p.get("profile", "paper") if p["balance"] == "imbalanced" else "none",
         reduced_classes=list(split.reduced), handling=handling,
+        augmentation=mode, views=augmented_views,
         train_class_counts=split.train_counts, fit_class_counts=fit_counts,
         test_class_counts=data.class_counts(y[split.test], spec["n_classes"]))
     if split.val is not None:
