@@ -8,8 +8,8 @@ the mode it used as ``augmentation`` and the number of cached views as ``views``
   extracted once through the frozen backbone (search.features.extract_views);
   each epoch draws one view per training row, seeded by the trial's seed and
   the epoch (``draw_views``), so trials stay on cached features.  Batches are
-  gathered from the memory-mapped cache one epoch at a time (``view_batches``):
-  a trial holds one epoch of training rows, as a plain trial does, never all V.
+  gathered from the memory-mapped cache as Keras asks for them (``view_batches``):
+  a trial holds a few batches of training rows, never all V views (nor even one).
 - ``online``: the backbone in the loop with augmentation applied per batch,
   exactly as the paper (search.head.full_model); the trial reads the images
   itself.  Slow; it exists to validate ``views``.
@@ -46,8 +46,8 @@ METHOD = "keras3 RandomRotation, RandomTranslation (fill nearest), RandomFlip ho
 # The views of a cache entry are one fixed draw, shared by every trial and study that uses the entry;
 # trials differ in which view each row gets per epoch (seeded by the trial's seed), not in the views.
 VIEW_SEED = 0
-# Rows gathered from the view cache between releases of its pages: bounds the map's share of a trial's
-# memory to about this many rows (8 KB each) plus one checksum block.
+# Rows read from the view cache between releases of its pages: bounds the map's share of a trial's
+# memory to about this many rows (8 KB each) plus one checksum block (32 MB).
 GATHER_ROWS = 8192
 # Rows on which an online trial checks that its backbone reproduces the cached features.
 BACKBONE_CHECK_ROWS = 16
@@ -232,65 +232,83 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
                  seed: int, handling: str = "none"):
     """A ``keras.utils.PyDataset`` of training batches drawn from the view cache ``store``.
 
-    Epoch e trains on row i's view ``draw_views(...)[i]``, in a seeded random order.  The
-    epoch's rows are gathered from the memory map in ``GATHER_ROWS`` chunks, releasing the
-    map's pages after each (search.features.FeatureStore.release), into one (n, D) array: the
-    memory of a plain trial's training rows, whatever V.  The next epoch's rows are gathered
-    at its first batch, so the last epoch gathers nothing it does not use.  A "data" handling
-    (oversample, smote) resamples each epoch's rows; "class_weight" becomes sample weights;
-    focal loss and label smoothing get one-hot targets (search.head.fit does these for arrays).
+    Each epoch ("draw" d: the first is 0, then one per ``on_epoch_end``) trains on every
+    training row once, in a seeded random order, row i on view ``draw_views(...)[i]``.  A batch
+    is gathered from the memory map when Keras asks for it (``FeatureStore.take``, verified per
+    block), and the map's pages are released every ``GATHER_ROWS`` rows: the trial never holds
+    more than a few batches of features, whatever V (a plain trial holds all its training rows).
+    Keras may ask for a batch or two before the first epoch (to learn shapes); the draw counter
+    follows its ``on_epoch_end`` calls, so which draw an epoch gets is deterministic, not its number.
+
+    Handlings: "oversample" duplicates row numbers per draw (each copy draws its own view);
+    "smote" interpolates features, so each draw's rows are gathered into one array and
+    resampled at the draw's first batch (the memory of a plain trial); "class_weight" becomes
+    sample weights; focal loss and label smoothing get one-hot targets (what search.head.fit
+    does for arrays).
     """
     import keras
 
     from search import data, head
 
     weights = head.class_weights(y, n_classes) if hp.handling == "class_weight" else None
-    resample = data.HANDLINGS[handling][0] == "data"
+    counts = np.bincount(y, minlength=n_classes)
+    # Both resamplers raise every class to the largest one's count: an epoch's length does not vary.
+    n_epoch = int(counts.max()) * int((counts > 0).sum()) if handling in ("oversample", "smote") else len(y)
 
     class ViewBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
-            self.epoch = 0
-            self._x: np.ndarray | None = None
-            self._y = y
-            self._order = np.arange(len(y))
-            self._gather()  # epoch 0 now: the number of batches must be known before fit starts
-            self._batches = math.ceil(len(self._y) / hp.batch_size)
+            self.draw = 0
+            self._new_draw()
 
-        def _gather(self) -> None:
-            self._x = None  # the last epoch's rows go before this epoch's arrive
-            views = draw_views(len(rows), store.n_views, seed, self.epoch)
+        def _new_draw(self) -> None:
+            d = self.draw
+            self._rows, self._y = rows, y
+            if handling == "oversample":
+                # RandomOverSampler only copies rows, so resampling the row numbers resamples the rows.
+                r, self._y = data.resample(rows[:, None].astype(np.float32), y, handling, _epoch_seed(seed, d, 1))
+                self._rows = r[:, 0].astype(np.int64)
+            self._views = draw_views(len(self._rows), store.n_views, seed, d)
+            self._order = np.random.default_rng(_epoch_seed(seed, d, 2)).permutation(n_epoch)
+            self._x: np.ndarray | None = None      # smote only: this draw's resampled features
+            self._since_release = 0
+
+        def _smote_rows(self) -> None:
             x = np.empty((len(rows), store.meta["shape"][-1]), dtype=np.float32)
             for start in range(0, len(rows), GATHER_ROWS):
                 part = slice(start, start + GATHER_ROWS)
-                x[part] = store.take(rows[part], views[part])
+                x[part] = store.take(rows[part], self._views[part])
                 store.release()
-            yy = y
-            if resample:
-                x, yy = data.resample(x, y, handling, _epoch_seed(seed, self.epoch, 1))
-            self._x, self._y = x, yy
-            self._order = np.random.default_rng(_epoch_seed(seed, self.epoch, 2)).permutation(len(yy))
+            self._x, self._y = data.resample(x, y, handling, _epoch_seed(seed, self.draw, 1))
 
         @property
         def num_batches(self) -> int:
-            return self._batches
+            return math.ceil(n_epoch / hp.batch_size)
 
         def __len__(self) -> int:  # search.head.fit counts an epoch's steps with len()
-            return self._batches
+            return self.num_batches
 
         def __getitem__(self, i: int):
-            if self._x is None:
-                self._gather()
             idx = self._order[i * hp.batch_size:(i + 1) * hp.batch_size]
-            xb, yb = self._x[idx], self._y[idx]
+            if handling == "smote":
+                if self._x is None:
+                    self._smote_rows()
+                xb = self._x[idx]
+            else:
+                xb = store.take(self._rows[idx], self._views[idx])
+                self._since_release += len(idx)
+                if self._since_release >= GATHER_ROWS:
+                    store.release()
+                    self._since_release = 0
+            yb = self._y[idx]
             target = np.eye(n_classes, dtype=np.float32)[yb] if hp.one_hot else yb
             if weights is None:
                 return xb, target
             return xb, target, np.array([weights.get(int(c), 1.0) for c in yb], dtype=np.float32)
 
         def on_epoch_end(self) -> None:
-            self.epoch += 1
-            self._x = None
+            self.draw += 1
+            self._new_draw()
 
         def close(self) -> None:
             self._x = None
