@@ -46,9 +46,11 @@ METHOD = "keras3 RandomRotation, RandomTranslation (fill nearest), RandomFlip ho
 # The views of a cache entry are one fixed draw, shared by every trial and study that uses the entry;
 # trials differ in which view each row gets per epoch (seeded by the trial's seed), not in the views.
 VIEW_SEED = 0
-# Rows read from the view cache between releases of its pages: bounds the map's share of a trial's
-# memory to about this many rows (8 KB each) plus one checksum block (32 MB).
-GATHER_ROWS = 8192
+# Rows read from the view cache between releases of its pages.  Reading one 8 KB row maps up to 64 KB of
+# the file into the process (the kernel's fault-around), so this bounds the map's share of a trial's memory
+# to about 16 MB plus one checksum block (32 MB); a release costs about 0.25 ms.
+RELEASE_ROWS = 256
+IMAGE_CHUNK = 8192  # images converted to backbone input at a time (online)
 # Rows on which an online trial checks that its backbone reproduces the cached features.
 BACKBONE_CHECK_ROWS = 16
 
@@ -235,7 +237,7 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
     Each epoch ("draw" d: the first is 0, then one per ``on_epoch_end``) trains on every
     training row once, in a seeded random order, row i on view ``draw_views(...)[i]``.  A batch
     is gathered from the memory map when Keras asks for it (``FeatureStore.take``, verified per
-    block), and the map's pages are released every ``GATHER_ROWS`` rows: the trial never holds
+    block), and the map's pages are released every ``RELEASE_ROWS`` rows: the trial never holds
     more than a few batches of features, whatever V (a plain trial holds all its training rows).
     Keras may ask for a batch or two before the first epoch (to learn shapes); the draw counter
     follows its ``on_epoch_end`` calls, so which draw an epoch gets is deterministic, not its number.
@@ -275,8 +277,8 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
 
         def _smote_rows(self) -> None:
             x = np.empty((len(rows), store.meta["shape"][-1]), dtype=np.float32)
-            for start in range(0, len(rows), GATHER_ROWS):
-                part = slice(start, start + GATHER_ROWS)
+            for start in range(0, len(rows), RELEASE_ROWS):
+                part = slice(start, start + RELEASE_ROWS)
                 x[part] = store.take(rows[part], self._views[part])
                 store.release()
             self._x, self._y = data.resample(x, y, handling, _epoch_seed(seed, self.draw, 1))
@@ -297,7 +299,7 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
             else:
                 xb = store.take(self._rows[idx], self._views[idx])
                 self._since_release += len(idx)
-                if self._since_release >= GATHER_ROWS:
+                if self._since_release >= RELEASE_ROWS:
                     store.release()
                     self._since_release = 0
             yb = self._y[idx]
@@ -358,8 +360,8 @@ def _backbone_input(images: np.ndarray, rows: np.ndarray, preprocessing: str, re
     from search import features
 
     out = np.empty((len(rows), 32, 32, 3), dtype=np.float32)
-    for start in range(0, len(rows), GATHER_ROWS):
-        part = slice(start, start + GATHER_ROWS)
+    for start in range(0, len(rows), IMAGE_CHUNK):
+        part = slice(start, start + IMAGE_CHUNK)
         out[part] = features.to_backbone_input(images[rows[part]], preprocessing, resize)
     return out
 

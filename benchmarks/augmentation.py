@@ -1,0 +1,302 @@
+"""``python -m benchmarks.augmentation``: does training on cached augmented views match online augmentation?
+
+Runs the service's own trials (search.trial.run_trial, each in its own process,
+as search.run runs them) under fmnist_balance's balanced arm (the paper's
+Table 5: rotation 20 degrees, shifts 0.2, horizontal flip, batch 32, Dense
+1024 without dropout; held-out test split) on a stratified Fashion-MNIST
+slice, for every seed:
+
+- ``views`` with V = 1, 4, 8 cached augmented views per image (one view drawn per row and epoch),
+- ``online``: the frozen backbone in the loop, augmentation per batch (the paper's way),
+- ``none``: no augmentation (the reference: does augmentation matter here at all?).
+
+Reports test accuracy per arm (mean, 95% t-interval over the seeds), the
+difference to ``online`` paired by seed (same split), trial time and peak
+memory; and what the view caches cost to extract (V passes of the backbone
+over the slice) next to the plain cache.  Prints a Markdown table for the
+README, headed by the command that produced it.  Backbone weights default to
+``random`` (ImageNet's cannot be downloaded here): the comparison is of the
+augmentation pipelines, not of ImageNet transfer.
+
+    python -m benchmarks.augmentation                       # 5,000 images, 3 seeds, 5 epochs, V = 1, 4, 8
+    python -m benchmarks.augmentation --subset 300 --seeds 1 --views 1,2 --epochs 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from search import augment, data, features
+from search.config import SEARCHABLE, StudyConfig, load_config
+from search.isolate import run_isolated
+from search.objective import Context, resolve_params, trial_spec
+from search.repeats import summarize
+
+BASE_STUDY = "fmnist_balance"   # its balanced arm is the paper's augmented setting (Table 5)
+BASE_ARM = "balanced"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.augmentation", description=__doc__.splitlines()[0])
+    p.add_argument("--subset", type=int, default=5000, help="stratified Fashion-MNIST slice (default 5000)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: split, view draws, initialisation (default 3)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per trial (default 5, the paper's Table 5)")
+    p.add_argument("--views", default="1,4,8", help="comma-separated view counts V (default 1,4,8)")
+    p.add_argument("--no-online", action="store_true", help="skip the online arm (the slow one)")
+    p.add_argument("--weights", default="random", help="backbone weights: random (default), imagenet or a file")
+    p.add_argument("--data-dir", type=Path, help="directory holding the Fashion-MNIST files")
+    p.add_argument("--cache-dir", type=Path,
+                   help="feature cache directory (default: a fresh temporary one, removed at the end); an existing "
+                        "entry is reused and its extraction is then not measured")
+    p.add_argument("--json", type=Path, help="also write the raw figures here")
+    p.add_argument("--memory", type=int, metavar="V",
+                   help="instead: peak memory of one full-size trial, plain vs views with V views, on synthetic "
+                        "features of the real shape (no extraction; --epochs applies)")
+    a = p.parse_args(argv)
+    a.view_counts = sorted({int(v) for v in a.views.split(",") if v.strip()})
+    if not a.view_counts or min(a.view_counts) < 1:
+        p.error("--views: give one or more positive integers")
+    if a.seeds < 1 or a.epochs < 1 or a.subset < 100:
+        p.error("--seeds and --epochs must be >= 1, --subset >= 100")
+    return a
+
+
+def arm_config(base: StudyConfig, mode: str, views: int, epochs: int, subset: int, weights: str) -> StudyConfig:
+    """The base study's balanced arm as a plain config with one augmentation mode and V."""
+    d = base.as_json()
+    arm = d.pop("arms")[BASE_ARM]
+    d["search_space"] = {}
+    for name, value in arm.items():  # the arm's fixed values become the config's
+        section, field = SEARCHABLE[name]
+        d[section][field] = value
+    d["dataset"]["subset"] = subset
+    d["backbone"]["weights"] = weights
+    d["augmentation"].update(mode=mode, views=views)
+    d["training"]["epochs"] = epochs
+    d["sampler"] = {"name": "random", "seed": 0}
+    d["run"] = {**d["run"], "n_trials": 1}
+    return StudyConfig.model_validate(d)
+
+
+def _extract(target: str, spec: dict[str, Any], cache_dir: Path, key: str, n_images: int) -> dict[str, Any] | None:
+    """Build a cache entry through the service's extraction job; its timing, or None when it was cached."""
+    timing: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        events: list[tuple[float, dict]] = []
+        start = time.perf_counter()
+        out = run_isolated(target, {**spec, "out_dir": str(tmp)},
+                           lambda e: events.append((time.perf_counter() - start, e)),
+                           env={"KERAS_BACKEND": features.extraction_backend()})
+        wall = time.perf_counter() - start
+        done = [(s, e) for s, e in events if e.get("done")]
+        steady = len(done) >= 2
+        if steady:  # from the end of the first chunk (model built, graph traced) to the last
+            (s0, e0), (s1, e1) = done[0], done[-1]
+            rate = (e1["done"] - e0["done"]) / max(s1 - s0, 1e-9)
+        else:  # one chunk: the rate includes building the model
+            rate = n_images / wall
+        timing.update(wall_s=wall, images=done[-1][1]["total"] if done else n_images, images_per_s=rate,
+                      steady=steady, peak_memory_mb=out.peak_memory_mb)
+
+    features.ensure_cached(cache_dir, key, build)
+    if timing:
+        timing["size_mb"] = (cache_dir / key / "features.npy").stat().st_size / 2**20
+    return timing or None
+
+
+def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
+    base = load_config(BASE_STUDY)
+    weights = features.resolve_weights(a.weights)
+    runtime = features.runtime_identity("jax")
+    pooled = data.load_pooled("fashion_mnist", a.data_dir, a.subset)
+    fingerprint = pooled.fingerprint()
+    n = len(pooled.labels)
+    plain_cfg = arm_config(base, "none", 1, a.epochs, a.subset, a.weights)
+    key = features.cache_key("fashion_mnist", a.subset, plain_cfg.preprocessing.name, plain_cfg.preprocessing.resize,
+                             weights, fingerprint, runtime)
+    log(f"{n} images; plain features")
+    plain_job = {"dataset": "fashion_mnist", "data_dir": str(a.data_dir) if a.data_dir else None,
+                 "subset": a.subset, "subset_seed": 0, "preprocessing": plain_cfg.preprocessing.name,
+                 "resize": plain_cfg.preprocessing.resize, "weights": vars(weights)}
+    extraction = {"plain": _extract("search.features:extract_job", plain_job, cache_dir, key, n)}
+
+    arms: list[tuple[str, StudyConfig, dict[str, Any]]] = [("none", plain_cfg, {})]
+    for v in a.view_counts:
+        cfg = arm_config(base, "views", v, a.epochs, a.subset, a.weights)
+        vkey = augment.view_key(cfg, weights, fingerprint, runtime)
+        log(f"{v} augmented view(s) per image")
+        extraction[f"views V={v}"] = _extract("search.features:extract_views_job",
+                                              augment.views_job_spec(cfg, weights, a.data_dir), cache_dir, vkey, n * v)
+        arms.append((f"views V={v}", cfg, augment.extra_spec(cfg, views_key=vkey, weights=weights,
+                                                              fingerprint=fingerprint, data_dir=a.data_dir)))
+    if not a.no_online:
+        cfg = arm_config(base, "online", 1, a.epochs, a.subset, a.weights)
+        arms.append(("online", cfg, augment.extra_spec(cfg, views_key=None, weights=weights,
+                                                       fingerprint=fingerprint, data_dir=a.data_dir)))
+
+    runs: list[dict[str, Any]] = []
+    for seed in range(a.seeds):
+        for name, cfg, extra in arms:
+            cfg = cfg.with_seed(seed)
+            ctx = Context(config=cfg, cache_dir=cache_dir, cache_key=key, n_classes=10, target=1,
+                          class_names=data.DATASETS["fashion_mnist"].class_names, extra_spec=extra)
+            spec = trial_spec(ctx, resolve_params(cfg, {}))
+            start = time.perf_counter()
+            out = ctx.run(spec, lambda e: None, None)
+            r = out.result
+            runs.append({"arm": name, "seed": seed, "wall_s": time.perf_counter() - start,
+                         "test_accuracy": r["test_accuracy"], "test_roc_auc": r["test_roc_auc"],
+                         "train_time_s": r["train_time_s"], "peak_memory_mb": out.peak_memory_mb,
+                         "keras_backend": r["keras_backend"], "n_train": r["n_train"], "n_test": r["n_test"]})
+            log(f"seed {seed} {name}: test accuracy {r['test_accuracy']:.4f}, train {r['train_time_s']:.1f} s "
+                f"({r['keras_backend']}), peak {out.peak_memory_mb:.0f} MB")
+    return {"settings": {"subset": a.subset, "n_images": n, "seeds": a.seeds, "epochs": a.epochs,
+                         "views": a.view_counts, "weights": weights.identity, "base": f"{BASE_STUDY}:{BASE_ARM}"},
+            "machine": _machine(), "extraction": extraction, "runs": runs}
+
+
+def memory(a: argparse.Namespace, cache_dir: Path, n_views: int) -> dict[str, Any]:
+    """Peak memory of one full-size trial (all 70,000 images, split 0.8), plain against views with ``n_views``.
+
+    The features are synthetic (uniform noise of the real shape, the real labels), so this needs no
+    extraction: a trial's memory depends on the shapes, not on the values.
+    """
+    import numpy as np
+
+    base = load_config(BASE_STUDY)
+    labels = data.load_pooled("fashion_mnist", a.data_dir, 0).labels
+    n, width = len(labels), 2048
+    rng = np.random.default_rng(0)
+
+    def write(key: str, shape: tuple[int, ...]) -> None:
+        def build(tmp: Path) -> None:
+            f = features.open_features(tmp / "features.npy", shape)
+            rows = f.reshape(-1, width)
+            for start in range(0, len(rows), 8192):
+                rows[start:start + 8192] = rng.random((min(8192, len(rows) - start), width), dtype=np.float32)
+            f.flush()
+            del f, rows
+            np.save(tmp / "labels.npy", labels)
+
+        features.ensure_cached(cache_dir, key, build)
+
+    log(f"synthetic full-size caches: plain ({n}, {width}) and views ({n_views}, {n}, {width})")
+    write("synthetic-plain", (n, width))
+    write(f"synthetic-views-{n_views}", (n_views, n, width))
+    out = {}
+    for mode in ("none", "views"):
+        cfg = arm_config(base, mode, n_views, a.epochs, 0, a.weights)
+        ctx = Context(config=cfg, cache_dir=cache_dir, cache_key="synthetic-plain", n_classes=10, target=1,
+                      extra_spec={"views_key": f"synthetic-views-{n_views}"})
+        o = ctx.run(trial_spec(ctx, resolve_params(cfg, {})), lambda e: None, None)
+        out[mode] = {"peak_memory_mb": o.peak_memory_mb, "trial_memory_mb": o.trial_memory_mb,
+                     "baseline_memory_mb": o.baseline_memory_mb, "train_time_s": o.result["train_time_s"],
+                     "epoch_time_s": o.result["epoch_time_s"], "n_train": o.result["n_train"]}
+        log(f"{mode}: peak {o.peak_memory_mb:.0f} MB (trial {o.trial_memory_mb:.0f} MB above a "
+            f"{o.baseline_memory_mb:.0f} MB baseline), {o.result['n_train']} training rows, "
+            f"epoch {o.result['epoch_time_s']:.1f} s")
+    return {"views": n_views, "epochs": a.epochs, "rows": n, "trials": out}
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _fmt_ci(s: dict[str, Any], digits: int = 3) -> str:
+    if s["ci95"] is None:
+        return f"{s['mean']:.{digits}f} (n={s['n']})"
+    lo, hi = s["ci95"]
+    return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def markdown(res: dict[str, Any], command: str) -> str:
+    st, runs = res["settings"], res["runs"]
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    by = {arm: {r["seed"]: r for r in runs if r["arm"] == arm} for arm in arms}
+    online = by.get("online", {})
+    lines = [f"`{command}`", "",
+             f"{st['n_images']:,} Fashion-MNIST images ({st['base']} settings: rotation 20, shifts 0.2, flip; "
+             f"split 0.8, batch 32, {st['epochs']} epochs), weights {st['weights']}, seeds 0-{st['seeds'] - 1}; "
+             f"{res['machine']['cores']} cores ({res['machine']['cpu']}), {res['machine']['date']}. "
+             f"Mean [95% t-interval over seeds]; differences paired by seed (same split).", "",
+             "| arm | test accuracy | minus online | test ROC AUC | train time (s) | peak memory (MB) |",
+             "|---|---|---|---|---|---|"]
+    for arm in arms:
+        rs = by[arm]
+        acc = summarize({s: r["test_accuracy"] for s, r in rs.items()})
+        auc = summarize({s: r["test_roc_auc"] for s, r in rs.items()})
+        t = summarize({s: r["train_time_s"] for s, r in rs.items()})
+        mem = summarize({s: r["peak_memory_mb"] for s, r in rs.items()})
+        shared = sorted(set(rs) & set(online))
+        diff = "" if arm == "online" or not shared else _fmt_ci(
+            summarize({s: rs[s]["test_accuracy"] - online[s]["test_accuracy"] for s in shared}), 3)
+        backend = next(iter(rs.values()))["keras_backend"]
+        lines.append(f"| {arm} ({backend}) | {_fmt_ci(acc)} | {diff} | {_fmt_ci(auc)} | {t['mean']:.1f} | "
+                     f"{mem['mean']:.0f} |")
+    lines += ["", "| feature cache | images through the backbone | extraction (s) | images/s | "
+                  "peak memory (MB) | size (MB) |", "|---|---|---|---|---|---|"]
+    for name, e in res["extraction"].items():
+        if e is None:
+            lines.append(f"| {name} | cached before this run: not measured | | | | |")
+            continue
+        rate = f"{e['images_per_s']:.0f}" + ("" if e["steady"] else " (one chunk: start-up included)")
+        lines.append(f"| {name} | {e['images']:,} | {e['wall_s']:.1f} | {rate} | "
+                     f"{e['peak_memory_mb']:.0f} | {e['size_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    command = "python -m benchmarks.augmentation " + " ".join(shlex.quote(x) for x in (argv if argv is not None
+                                                                                          else sys.argv[1:]))
+    start = time.perf_counter()
+    tmp = None
+    if a.cache_dir is None:
+        tmp = Path(tempfile.mkdtemp(prefix="bench-augmentation-"))
+    try:
+        if a.memory:
+            res = memory(a, a.cache_dir or tmp, a.memory)
+            print(f"`{command.strip()}`\n\n| trial (70,000 images, split 0.8, {a.epochs} epoch(s)) | peak memory (MB) "
+                  f"| above baseline (MB) | epoch (s) |\n|---|---|---|---|")
+            for mode, t in res["trials"].items():
+                name = "plain features" if mode == "none" else f"views, V = {a.memory}"
+                print(f"| {name} | {t['peak_memory_mb']:.0f} | {t['trial_memory_mb']:.0f} | {t['epoch_time_s']:.1f} |")
+            return 0
+        res = run(a, a.cache_dir or tmp)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    res["total_s"] = time.perf_counter() - start
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+    print(markdown(res, command.strip()))
+    print(f"\n(total {res['total_s'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
