@@ -66,3 +66,13 @@ def test_a_study_without_trials_is_a_runtime_error(tmp_path, capsys):
     assert cli.main(["--study", "empty", "--storage", sqlite(tmp_path / "e.db"), "--out", str(tmp_path / "r")]) == 1
     assert capsys.readouterr().err.startswith("error: study 'empty' has no trials yet")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_refused_output_directory_is_reported_before_the_storage_is_opened(tmp_path, capsys):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    missing = tmp_path / "missing.db"
+    assert cli.main(["--study", "x", "--storage", sqlite(missing), "--out", str(precious)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out: {precious} is not empty and holds no earlier report")
+    assert not missing.exists() and [p.name for p in precious.iterdir()] == ["chapter1.tex"]

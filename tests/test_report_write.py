@@ -99,3 +99,19 @@ def test_the_default_output_never_leaves_reports(name, why):
 def test_the_default_output_is_reports_slash_the_study_name():
     assert default_out("fmnist_reg-random") == Path("reports") / "fmnist_reg-random"
     assert default_out("a..b") == Path("reports") / "a..b"  # dots inside one name stay inside reports/
+
+
+def test_a_file_system_error_is_one_line_and_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    from search.report import tables
+
+    _one_trial(sqlite(tmp_path / "s.db"))
+    d = load.load("search", sqlite(tmp_path / "s.db"))
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tables, "write_csv", full)
+    with pytest.raises(SearchError) as e:
+        write_report(d, tmp_path / "rep")
+    assert str(e.value) == f"--out: cannot write the report to {tmp_path / 'rep'}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]

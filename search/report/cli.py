@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from search.report.load import load
-    from search.report.write import default_out, write_report
+    from search.report.write import check_out, default_out, write_report
 
-    out = args.out if args.out is not None else default_out(args.study)  # checked before anything is opened
+    # The target is checked before the storage is opened: a refused one costs nothing and creates nothing.
+    out = args.out if args.out is not None else default_out(args.study)
+    check_out(out)
     import matplotlib
 
     matplotlib.use("Agg")

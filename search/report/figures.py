@@ -51,6 +51,7 @@ def title(d: StudyData, what: str) -> str:
 
 
 def label(d: StudyData, i: int) -> str:
+    """Objective ``i``'s axis label: its name and direction, e.g. ``test_accuracy (max)``."""
     return f"{d.objective_names[i]} ({'max' if d.directions[i] == 'maximize' else 'min'})"
 
 
@@ -112,6 +113,7 @@ def compose(axes_list: list[Any], heading: str, ncols: int = 3):
 
 
 def save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path``; returns ``path``."""
     fig.savefig(path, format="png")
     return path
 
@@ -181,6 +183,7 @@ def hypervolume_reference(d: StudyData) -> list[float]:
 
 
 def reference_text(d: StudyData, ref: list[float]) -> str:
+    """``name = value`` per objective, for captions."""
     return ", ".join(f"{name} = {v:.4g}" for name, v in zip(d.objective_names, ref))
 
 

@@ -43,6 +43,7 @@ def fmt(v: Any) -> str:
 
 
 def md_table(cols: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; cells formatted by ``fmt``, pipes escaped."""
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in r) + " |" for r in rows]
     return "\n".join(lines)

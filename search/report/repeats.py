@@ -33,6 +33,7 @@ def confirmed(d: StudyData) -> dict[str, Any] | None:
 
 
 def entries(conf: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(trial number as text, entry) of each confirmed trial, by trial number."""
     return sorted(conf["trials"].items(), key=lambda kv: int(kv[0]))
 
 

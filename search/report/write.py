@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from search.errors import UsageError
+from search.errors import SearchError, UsageError
 from search.report import figures, markdown, paper, repeats, tables
 from search.report.load import StudyData
 
@@ -44,7 +44,9 @@ def default_out(study_name: str, root: Path = REPORTS) -> Path:
 def check_out(out: Path) -> None:
     """Refuse a target that is not a directory this report may replace: a file, a directory holding something
     other than an earlier report, or a directory holding the working directory."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise UsageError(f"--out: {out} is a symbolic link; name the directory itself")
+    if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} exists and is not a directory")
     if out.is_dir():
         here = Path.cwd().resolve()
@@ -58,7 +60,8 @@ def check_out(out: Path) -> None:
 def replace_dir(out: Path, build: Callable[[Path], T]) -> T:
     """Run ``build(tmp)`` on a new directory beside ``out``, then put it in ``out``'s place.
 
-    On any failure (or Ctrl-C) the temporary directory is removed and ``out`` is left as it was.
+    On any failure (or Ctrl-C) the temporary directory is removed and ``out`` is left as it was; a
+    file-system error (disk full, no permission) is a ``SearchError``.
     """
     check_out(out)
     try:
@@ -80,8 +83,10 @@ def replace_dir(out: Path, build: Callable[[Path], T]) -> T:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise SearchError(f"--out: cannot write the report to {out}: {e.strerror or e}") from None
         raise
     return result
 
