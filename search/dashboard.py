@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     from search import artifacts, storage as sto
 
-    storage = sto.open_existing(sto.storage_url(args.storage))
+    storage = sto.open_readonly(sto.storage_url(args.storage))
     dirs = artifacts.find_artifact_dirs(storage, args.artifact_dir)
     store = artifacts.read_store(dirs)
     _check_port(args.host, args.port)

@@ -1,7 +1,7 @@
 """search.report.repeats: the confirmed trials of ``search.confirm`` with their intervals and claims.
 
-The first two tests check ``search.confirm.summarize`` and ``differences``, whose numbers this section
-prints (they belong with tests/test_confirm.py once that module exists).
+The numbers themselves (search.repeats.summarize / differences) are tested in tests/test_repeats.py;
+here: what the report reads (runs stored one per (trial, seed), and the older single attribute) and shows.
 """
 
 from __future__ import annotations
@@ -29,50 +29,28 @@ DISTS = {"balance": CategoricalDistribution(["balanced", "imbalanced"]),
 def confirmed_study(storage: str | None, legacy_names: bool) -> optuna.Study:
     """A study as search.run + search.confirm leave it: 3 trials, 5 seeds each.
 
-    ``legacy_names``: confirm's metric names as stored before the split naming (unprefixed objective
-    name, ``evaluation`` saying the split); otherwise split-prefixed.
+    ``legacy_names``: the single ``search:confirm`` attribute written before runs were stored one by one
+    (unprefixed objective name, ``evaluation`` saying the split); otherwise one attribute per (trial, seed).
     """
-    from search.confirm import CONFIRM_ATTR, summarize
+    from search.repeats import LEGACY_ATTR, store_run
 
     study = new_study(storage, "imb", [("val_balanced_accuracy", "maximize"), ("train_time_s", "minimize")],
                       split="validation")
-    name = "balanced_accuracy" if legacy_names else "val_balanced_accuracy"
-    out = {"seeds": SEEDS, "evaluation": "validation", "trials": {}}
+    old = {"seeds": SEEDS, "evaluation": "validation", "trials": {}}
     for number, (params, values) in CONFIRMED.items():
         a = attrs(values[0], 0.9, 1.0 + number, 1000.0, split="validation", settings=params)
         a["val_balanced_accuracy"] = values[0]
         add(study, [values[0], 1.0 + number], a, params, DISTS)
         test = [v - 0.02 for v in values]
-        out["trials"][str(number)] = {"params": params, "metrics": {name: summarize(values),
-                                                                    "test_balanced_accuracy": summarize(test)}}
-    study.set_user_attr(CONFIRM_ATTR, out)
+        if legacy_names:
+            old["trials"][str(number)] = {"params": params, "metrics": {
+                "balanced_accuracy": {"values": values}, "test_balanced_accuracy": {"values": test}}}
+        else:
+            for seed, v, t in zip(SEEDS, values, test):
+                store_run(study, number, seed, params, {"val_balanced_accuracy": v, "test_balanced_accuracy": t})
+    if legacy_names:
+        study.set_user_attr(LEGACY_ATTR, old)
     return study
-
-
-def test_summarize_gives_the_t_interval_of_the_mean():
-    from search.confirm import summarize
-
-    s = summarize([1.0, 2.0, 3.0, float("nan")])
-    assert (s["mean"], s["std"], s["n"]) == (2.0, 1.0, 3)
-    assert s["ci95"] == pytest.approx([2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5])
-    assert summarize([0.5])["ci95"] is None
-
-
-def test_differences_pair_trials_one_parameter_apart_with_their_interval():
-    from scipy import stats
-
-    from search.confirm import differences, summarize
-
-    out = {"seeds": SEEDS, "trials": {str(n): {"params": p, "metrics": {"val_balanced_accuracy": summarize(v)}}
-                                      for n, (p, v) in CONFIRMED.items()}}
-    diffs = {(d.a, d.b): d for d in differences(out, ["val_balanced_accuracy"])}
-    assert set(diffs) == {("0", "1"), ("1", "2")}  # 0 and 2 differ in two parameters: no claim
-    bal = diffs[("0", "1")]
-    ci = stats.ttest_rel(CONFIRMED[1][1], CONFIRMED[0][1]).confidence_interval()
-    assert (bal.param, bal.test, bal.n) == ("balance", "paired", 5)
-    assert (bal.low, bal.high) == pytest.approx((ci.low, ci.high))
-    assert bal.diff == pytest.approx(-0.106) and bal.verdict == "balance=imbalanced lower"
-    assert diffs[("1", "2")].verdict == "no difference shown"
 
 
 @pytest.mark.parametrize("legacy_names", [False, True])

@@ -11,16 +11,13 @@ are read as if they had been prefixed.
 from __future__ import annotations
 
 import math
-import sqlite3
-import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.errors import StorageError, UsageError
+from search.errors import UsageError
 
-DEFAULT_STORAGE = "sqlite:///studies.db"
 SPLIT_PREFIX = {"validation": "val_", "test": "test_"}
 OBJECTIVE_SPLIT_ATTR = "search:objective_split"
 DATA_ATTR = "search:data"
@@ -32,67 +29,11 @@ LEGACY_QUALITY = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", 
 
 # ---------------------------------------------------------------- storage
 
-def masked(url: str) -> str:
-    """``url`` with its password hidden, for messages."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def open_storage(url: str | None):
-    """An Optuna RDB storage on an existing database, opened read-only where the database allows it.
+    """An existing storage, opened read-only (search.storage.open_readonly); None: the default storage."""
+    from search import storage
 
-    SQLite is opened with ``mode=ro`` (a missing file is a ``UsageError`` and nothing is created);
-    PostgreSQL with read-only transactions.  Raises ``UsageError`` for a malformed or unsupported URL,
-    ``StorageError`` when the database cannot be opened or holds no Optuna tables.
-    """
-    import optuna
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    url = url or DEFAULT_STORAGE
-    try:
-        u = make_url(url)
-    except ArgumentError:
-        # The URL is not echoed: a malformed one may still hold a password.
-        raise UsageError("--storage: malformed storage URL (e.g. sqlite:///studies.db, "
-                         "postgresql://user:pass@host/db)") from None
-    backend = u.get_backend_name()
-    engine_kwargs: dict[str, Any] = {}
-    if backend == "sqlite":
-        if not u.database or u.database == ":memory:":
-            raise UsageError("--storage: an in-memory SQLite database holds no study; name a file")
-        db = Path(u.database)
-        if not db.is_file():
-            raise UsageError(f"--storage: no database at {db}; run `python -m search.run --study NAME` first "
-                             f"or pass --storage")
-        # A URI connection is the only way to open SQLite read-only; building it ourselves keeps
-        # paths with '#', '?' or '%' intact, which a SQLAlchemy URL would re-interpret.
-        uri = f"file:{urllib.parse.quote(str(db.resolve()))}?mode=ro"
-        engine_kwargs["creator"] = lambda: sqlite3.connect(uri, uri=True, timeout=300, check_same_thread=False)
-    elif backend == "postgresql":
-        engine_kwargs = {"pool_pre_ping": True,
-                         "connect_args": {"options": "-c default_transaction_read_only=on"}}
-        if u.get_driver_name() == "psycopg2":
-            try:
-                import psycopg2  # noqa: F401
-            except ImportError:  # psycopg 3 is the dependency; the plain URL would ask for psycopg2
-                u = u.set(drivername="postgresql+psycopg")
-    elif backend == "mysql":
-        engine_kwargs = {"pool_pre_ping": True}
-    else:
-        raise UsageError(f"--storage: unsupported database {backend!r}; use sqlite, postgresql or mysql")
-    full = u.render_as_string(hide_password=False)
-    try:
-        return optuna.storages.RDBStorage(full, engine_kwargs=engine_kwargs, skip_table_creation=True)
-    except Exception as e:  # drivers raise their own types; all mean "cannot read this database"
-        cause = e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        if "no such table" in first or ("relation" in first and "does not exist" in first):
-            raise StorageError(f"--storage: {masked(full)} is not an Optuna storage ({first})") from None
-        raise StorageError(f"--storage: cannot open {masked(full)}: {first}") from None
+    return storage.open_readonly(storage.storage_url(url))
 
 
 def open_study(study_name: str, storage: Any):

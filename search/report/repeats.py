@@ -1,8 +1,8 @@
-"""The confirmed-repeats section: what ``python -m search.confirm`` stored in study attribute ``search:confirm``.
+"""The confirmed-repeats section: what ``python -m search.confirm`` stored (search.repeats).
 
 Per confirmed trial and metric: mean ± std [95% t-interval] over the seeds, next to the search's single
-run (``repeats.csv``, ``repeats.png``), and the differences between confirmed trials one parameter apart
-(``search.confirm.differences``).  Metric names are split-prefixed as everywhere in the report.
+run (``repeats.csv``, ``repeats.png``), and the differences between confirmed trials one parameter apart,
+paired by seed (``search.repeats.differences``).  Metric names are split-prefixed as everywhere in the report.
 """
 
 from __future__ import annotations
@@ -16,20 +16,19 @@ from search.report.load import SPLIT_PREFIX, StudyData, qualified
 
 
 def confirmed(d: StudyData) -> dict[str, Any] | None:
-    """The study's ``search:confirm`` attribute with split-prefixed metric names; None when nothing is confirmed."""
-    from search.confirm import CONFIRM_ATTR
+    """The study's confirmed repeats (search.repeats.confirmed), split-prefixed; None when nothing is confirmed."""
+    from search import repeats
 
-    raw = d.study.user_attrs.get(CONFIRM_ATTR)
-    if not raw or not raw.get("trials"):
+    conf = repeats.confirmed(d.study.user_attrs)
+    if not conf["trials"]:
         return None
-    split = raw.get("evaluation") if raw.get("evaluation") in SPLIT_PREFIX else d.objective_split
     trials = {}
-    for number, entry in raw["trials"].items():
+    for number, entry in conf["trials"].items():
         metrics: dict[str, Any] = {}
-        for name, summary in entry.get("metrics", {}).items():
-            metrics.setdefault(qualified(name, split), summary)
+        for name, summary in entry["metrics"].items():
+            metrics.setdefault(qualified(name, d.objective_split), summary)
         trials[number] = {**entry, "metrics": metrics}
-    return {**raw, "trials": trials}
+    return {**conf, "trials": trials}
 
 
 def entries(conf: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -87,7 +86,7 @@ def figure(d: StudyData, conf: dict[str, Any], metrics: list[str]):
             lo, hi = s.get("ci95") or (s["mean"], s["mean"])
             ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - lo], [hi - s["mean"]]], fmt="o", c="tab:blue",
                         capsize=4, label="mean over seeds, 95% interval" if x == 0 else None)
-            ax.scatter([x - 0.15] * len(s["values"]), s["values"], s=10, c="0.5", zorder=3,
+            ax.scatter([x - 0.15] * len(s["by_seed"]), list(s["by_seed"].values()), s=10, c="0.5", zorder=3,
                        label="each seed" if x == 0 else None)
             single = by_number.get(int(n))
             value = d.value(single, m) if single is not None else None
@@ -100,21 +99,24 @@ def figure(d: StudyData, conf: dict[str, Any], metrics: list[str]):
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(figures.title(d, f"confirmed trials over seeds {conf.get('seeds')}"), fontsize=10)
+    seeds = sorted({s for _, e in items for s in e["seeds"]})
+    fig.suptitle(figures.title(d, f"confirmed trials over seeds {seeds}"), fontsize=10)
     return fig
 
 
 def markdown(d: StudyData, conf: dict[str, Any], metrics: list[str], png: Path | None) -> list[str]:
     """The "Repeats" section of summary.md (also printed by the command line)."""
-    from search.confirm import differences, interval
+    from search.confirm import interval
+    from search.repeats import differences
     from search.report.markdown import md_table
 
     items = entries(conf)
     lines = ["", "## Repeats (`search.confirm`)", "",
-             f"Each trial below re-run with seeds {conf.get('seeds')} (a new split, subsample and "
-             f"initialization each): mean ± std [95% t-interval of the mean]; {d.context}.", ""]
-    lines.append(md_table(["trial", "params", *metrics],
+             "Each trial below re-run with other seeds (a new split, subsample and initialization each): "
+             f"mean ± std [95% t-interval of the mean]; {d.context}.", ""]
+    lines.append(md_table(["trial", "params", "seeds (failed)", *metrics],
                           [[n, ", ".join(f"{k}={v}" for k, v in e["params"].items()),
+                            ", ".join(map(str, e["seeds"])) + (f" ({', '.join(e['failed'])})" if e["failed"] else ""),
                             *(interval(e["metrics"][m]) if m in e["metrics"] else "" for m in metrics)]
                            for n, e in items]))
     diffs = differences(conf, metrics)
