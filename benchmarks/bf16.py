@@ -38,7 +38,7 @@ def train(spec: dict[str, Any], report) -> dict[str, Any]:
 
     keras.config.set_dtype_policy(spec["policy"])  # before the head is built: every layer takes the policy
     seed = spec["seed"]
-    xf, y = features.load_cached(spec["cache_dir"], spec["key"])
+    xf, y = features.load_verified(spec["cache_dir"], spec["key"])
     tr, te = data.split_indices(y, spec["split_ratio"], seed)
     if spec.get("rows") and spec["rows"] < len(tr):  # a stratified slice of the training part (smoke tests)
         tr = tr[data.split_indices(y[tr], spec["rows"] / len(tr), seed)[0]]

@@ -13,7 +13,7 @@ from search import data, features, head, metrics
 
 def _features(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if spec.get("key"):
-        x, y = features.load_cached(spec["cache_dir"], spec["key"])
+        x, y = features.load_verified(spec["cache_dir"], spec["key"])
         return np.asarray(x, np.float32), y
     rng = np.random.default_rng(0)  # tiny synthetic inputs (tests)
     y = rng.integers(0, N_CLASSES, spec["n_rows"])
@@ -65,7 +65,8 @@ def sweep(spec: dict[str, Any], report) -> dict[str, Any]:
         tr, te = data.split_indices(ya, 0.8, 0)
         p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3,
                             batch_size=acc["batch_size"], epochs=acc["epochs"])
-        model, fit_s = head.train_head(np.asarray(xa[tr], np.float32), ya[tr], N_CLASSES, p, 0)
+        model, fit = head.train_head(np.asarray(xa[tr], np.float32), ya[tr], N_CLASSES, p, 0)
+        fit_s = fit.train_time_s
         proba, _ = head.predict(model, np.asarray(xa[te], np.float32))
         out["accuracy"] = {**acc, "n_train": int(len(tr)), "fit_s": fit_s,
                            "accuracy": metrics.evaluate(ya[te], proba, N_CLASSES)["accuracy"]}

@@ -10,8 +10,6 @@ bare no-op objective.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +23,7 @@ def _fake_result(rng: np.random.Generator) -> dict[str, Any]:
 
     y = rng.integers(0, 10, 500)
     proba = rng.dirichlet(np.ones(10), 500)
-    r = metrics.evaluate(y, proba, 10)
+    r = metrics.prefixed(metrics.evaluate(y, proba, 10), "test")
     r.update(train_time_s=float(rng.uniform(60, 600)), test_time_s=0.5, n_train=56000, n_test=14000,
              train_class_counts=[5600] * 10, test_class_counts=[1400] * 10)
     return r
@@ -37,35 +35,13 @@ def _windows(stamps: list[float], width: int) -> list[dict[str, Any]]:
             for i in range(0, len(d), width)]
 
 
-def context_with_runner(runner, **fields: Any):
-    """``search.objective.Context(**fields, runner=runner)`` and a context manager to run the study under.
-
-    TEMPORARY adapter: until ``Context`` has its ``runner`` field (the lead's change for issue 14 part 4), the
-    objective calls ``search.objective.run_isolated`` itself, so the stub is put there for the duration of the
-    study.  Delete this fallback (and the patch) once ``runner`` exists in search/objective.py.
-    """
-    from search import objective as obj
-
-    if "runner" in {f.name for f in dataclasses.fields(obj.Context)}:
-        return obj.Context(**fields, runner=runner), contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def patched():  # TEMPORARY: see above
-        real = obj.run_isolated
-        obj.run_isolated = lambda target, spec, on_event=None, **kw: runner(spec, on_event)
-        try:
-            yield
-        finally:
-            obj.run_isolated = real
-
-    return obj.Context(**fields), patched()
-
-
 def measure(n_trials: int, workdir: Path, window: int = 50) -> dict[str, Any]:
     import optuna
 
     from search import config as cfg
+    from search import features
     from search import objective as obj
+    from search import storage as sto
     from search import study as st
     from search.isolate import Outcome
     from search.samplers import make_sampler
@@ -76,27 +52,24 @@ def measure(n_trials: int, workdir: Path, window: int = 50) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     fake = _fake_result(rng)  # computed once: the stub's own cost must not count as Optuna's
 
-    def runner(spec: dict[str, Any], on_event) -> Outcome:
+    def runner(spec: dict[str, Any], on_event, timeout) -> Outcome:
         """The trial runner: no process, no training; values in a realistic range."""
-        r = {**fake, "accuracy": float(rng.uniform(0.7, 0.9)), "roc_auc": float(rng.uniform(0.95, 0.99)),
+        r = {**fake, "test_accuracy": float(rng.uniform(0.7, 0.9)), "test_roc_auc": float(rng.uniform(0.95, 0.99)),
              "train_time_s": float(rng.uniform(60, 600))}
-        # Whatever names the objectives have (e.g. "test_accuracy" once metrics say their split), give a value.
-        r.update({m: r.get(m.split("_", 1)[-1], float(rng.uniform(0.7, 0.9)))
-                  for m in config.metric_names if m not in r})
         return Outcome(r, peak_memory_mb=float(rng.uniform(900, 1400)), start_memory_mb=60.0)
 
     # Curve 1: the service's own loop on SQLite.
     db = workdir / "overhead.db"
     db.unlink(missing_ok=True)
-    storage = st.open_storage(f"sqlite:///{db}")
-    study, _ = st.create_or_resume(storage, "overhead", config, st.identity(config, "random(seed=0)", "bench"),
-                                   make_sampler(config))
-    ctx, running = context_with_runner(runner, config=config, cache_dir=workdir, cache_key="none", n_classes=10,
-                                       target=n_trials)
+    storage = sto.open_storage(f"sqlite:///{db}")
+    ident = cfg.study_identity(config, "random(seed=0)", "bench", features.runtime_identity("jax"))
+    study, _ = st.create_or_resume(storage, "overhead", config, ident, make_sampler(config))
+    ctx = obj.Context(config=config, cache_dir=workdir, cache_key="none", n_classes=10, target=n_trials,
+                      runner=runner)
+    policy = st.RetryPolicy(grid=False, max_retries=config.run.max_retries, max_failures=3)
     stamps = [time.perf_counter()]
-    with running:
-        st.optimize(study, obj.make_objective(ctx, lambda e: None), n_trials, None, 3,
-                    callbacks=[lambda s, t: stamps.append(time.perf_counter())])
+    st.optimize(study, obj.make_objective(ctx, lambda e: None), n_trials, None, policy,
+                callbacks=[lambda s, t: stamps.append(time.perf_counter())])
     service = _windows(stamps, window)
 
     # Curve 2: the sampler alone.

@@ -42,7 +42,7 @@ def epochs(spec: dict[str, Any], report) -> dict[str, Any]:
 
     from search import data, features, head
 
-    xf, y = features.load_cached(spec["cache_dir"], spec["key"])
+    xf, y = features.load_verified(spec["cache_dir"], spec["key"])
     rows = min(spec["rows"], len(y))
     idx = np.arange(len(y)) if rows == len(y) else data.split_indices(y, rows / len(y), 0)[0]
     x, yt = np.asarray(xf[idx], np.float32), y[idx]

@@ -122,11 +122,11 @@ def breakdown_table(b: dict[str, Any]) -> str:
 
 def run(spec: dict[str, Any], backend: str = "jax", env: dict[str, str] | None = None) -> dict[str, Any]:
     """One trial in a fresh child on ``backend``; its figures and the breakdown of its wall time."""
-    from search.data import CLASS_NAMES
+    from search.data import DATASETS
 
     load_before = loadavg()
     t0 = time.time()
-    t = child("benchmarks.trial_child:timed_trial", {"trial": spec, "class_names": list(CLASS_NAMES["fashion_mnist"])},
+    t = child("benchmarks.trial_child:timed_trial", {"trial": spec, "class_names": list(DATASETS["fashion_mnist"].class_names)},
               backend=backend, env=env)
     t_end = time.time()
     r, stamps = t.result["result"], t.result["stamps"]
@@ -164,7 +164,7 @@ def extrapolate(r: dict[str, Any], epochs: int, train_share: float = 1.0) -> flo
 def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
     """The same cache entry with float16 features in ``dst_dir`` (trial.py reads it unchanged: it casts rows)."""
     def build(tmp: Path) -> None:
-        x, y = features.load_cached(src_dir, key)
+        x, y = features.load_verified(src_dir, key)
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=x.shape)
         for s in range(0, len(x), 8192):
             out[s:s + 8192] = x[s:s + 8192]
@@ -173,8 +173,8 @@ def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
         np.save(tmp / "labels.npy", y)
 
     features.ensure_cached(dst_dir, key, build)
-    x32, _ = features.load_cached(src_dir, key)
-    x16, y = features.load_cached(dst_dir, key)
+    x32, _ = features.load_verified(src_dir, key)
+    x16, y = features.load_verified(dst_dir, key)
     finite = bool(np.isfinite(x16).all())
     rel = float(np.abs(x16[:2000].astype(np.float32) - x32[:2000]).max() / (np.abs(x32[:2000]).max() or 1))
     tr, _ = data.split_indices(y, 0.8, 0)

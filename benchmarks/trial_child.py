@@ -55,7 +55,7 @@ def timed_trial(spec: dict, report) -> dict:
     from search import data, features
 
     t = time.time()
-    _, y = features.load_cached(trial_spec["cache_dir"], trial_spec["key"])
+    _, y = features.load_verified(trial_spec["cache_dir"], trial_spec["key"])
     data.protocol_split(y, trial_spec["params"]["split_ratio"], trial_spec["seed"],
                         trial_spec.get("evaluation", "test"), trial_spec.get("validation_fraction", 0.2))
     stamps["load_split_s"] = time.time() - t

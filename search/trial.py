@@ -43,6 +43,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     store = features.FeatureStore(spec["cache_dir"], spec["key"])
     split = split_rows(spec, store.labels)
     y = store.labels
+    report(stage="copying rows")
     x_train, y_train = store.take(split.fit), y[split.fit]
     x_eval = store.take(split.val if split.val is not None else split.test)
     x_test = store.take(split.test) if split.val is not None else x_eval
