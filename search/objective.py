@@ -6,7 +6,9 @@ trial's memory and crashes are its own.  Every measure that is not an
 objective is stored as a user attribute of the trial, named with its split
 (``val_*``, ``test_*``).  A trial failed by another process while it ran (a
 stale-heartbeat sweep) keeps its result: it is recorded on the retry that the
-sweep queued (search.trials.record_taken_over).
+sweep queued (search.trials.record_taken_over).  With ``run.epoch_snapshots``
+the trial's shorter schedules are recorded as COMPLETE trials of their own,
+and a trial that early stopping ended at a rung is PRUNED (search.snapshots).
 """
 
 from __future__ import annotations
