@@ -94,7 +94,8 @@ def parse_args(argv: list[str] | None) -> Plan:
     p = argparse.ArgumentParser(prog="python -m benchmarks.snapshots", description=__doc__.splitlines()[0])
     p.add_argument("--budget-min", type=float, help="wall minutes per variant and seed (default 10; smoke 0.75)")
     p.add_argument("--target-min", type=float,
-                   help="the snapshot variants run this long, to time reaching the plain reference (default 20; smoke 1)")
+                   help="the snapshot variants run this long, to time reaching the plain reference "
+                        "(default 20; smoke 1)")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--subset", type=int, help="Fashion-MNIST images (0: all 70,000, the default; smoke 2000)")
@@ -110,7 +111,8 @@ def parse_args(argv: list[str] | None) -> Plan:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "snapshots")
     p.add_argument("--cache-dir", type=Path, help="feature cache (default: <out>/cache)")
     p.add_argument("--data-dir", type=Path, help="Fashion-MNIST files (default: the service's lookup)")
-    p.add_argument("--smoke", action="store_true", help="tiny: 2,000 images, epochs 1-4, 45-60 s budgets, 3 reference trials")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny: 2,000 images, epochs 1-4, 45-60 s budgets, 3 reference trials")
     a = p.parse_args(argv)
     smoke = a.smoke
 
@@ -499,8 +501,8 @@ def markdown(plan: Plan, summary: dict[str, Any], reference: dict[str, Any] | No
              f"from the ideal point. {machine.get('cpu', '')}, {machine.get('cores')} cores, load at start "
              f"{machine.get('load_avg_at_start')}, {machine.get('date')}.", ""]
     marks = [m for m in summary["marks"]]
-    head = ["variant", *(f"{m:.0f} s" if m < 60 else f"{m / 60:.3g} min" for m in marks), "trials", "snapshot points", "stopped early",
-            "reaches plain reference at"]
+    head = ["variant", *(f"{m:.0f} s" if m < 60 else f"{m / 60:.3g} min" for m in marks), "trials",
+            "snapshot points", "stopped early", "reaches plain reference at"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, row in summary["table"].items():
         reach = ", ".join("-" if s is None else f"{s / 60:.1f} min" for s in row["reached_reference_s"])
@@ -565,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if plan.plain_db or not plan.plain_trials
            else f" including {plan.plain_trials} plain reference trials run here"))
     if info["load_avg_at_start"][0] > 0.5:
-        log(f"warning: load average {info['load_avg_at_start'][0]:.2f} at start: times are valid only on an idle machine")
+        log(f"warning: load average {info['load_avg_at_start'][0]:.2f} at start: "
+            f"times are valid only on an idle machine")
     setup = prepare(plan, base)
     reference = plain_reference(plan, setup, base) if plan.plain_db or plan.plain_trials else None
     if reference:

@@ -120,8 +120,8 @@ def top_k(vectors: Sequence[Sequence[float]], directions: Sequence[str], k: int)
 def snapshot_epochs(dist: Any, epochs: int) -> list[int]:
     """The values below ``epochs`` that the searched ``epochs`` distribution holds: the shorter schedules."""
     if dist.type == "categorical":
-        return sorted(c for c in dist.choices
-                      if isinstance(c, (int, float)) and not isinstance(c, bool) and float(c).is_integer() and c < epochs)
+        return sorted(c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)
+                      and float(c).is_integer() and c < epochs)
     step = 1 if dist.log else dist.step
     return list(range(dist.low, min(dist.high + 1, epochs), step))
 
