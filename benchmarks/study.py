@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="add --workers N to the command (default 1: not added)")
     p.add_argument("--out", type=Path, help="write every figure as JSON")
     p.add_argument("--md", action="store_true", help="update this command's block in benchmarks/RESULTS.md")
+    p.add_argument("--keep", type=Path, help="run in this (new, empty) directory and keep it: its studies.db is "
+                                              "the plain reference of python -m benchmarks.snapshots --plain-db")
     p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)  # tests write elsewhere
     a = p.parse_args(argv)
     if a.n_trials <= 0 or a.workers <= 0:
@@ -310,8 +312,14 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if warn := load_warning(start_load):
         print(warn, file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
-        res = run(a.study, a.n_trials, a.workers, Path(tmp))
+    if a.keep is not None:
+        if a.keep.exists() and any(a.keep.iterdir()):
+            p.error(f"--keep: {a.keep} is not empty (the run needs a fresh storage and cache)")
+        a.keep.mkdir(parents=True, exist_ok=True)
+        res = run(a.study, a.n_trials, a.workers, a.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
+            res = run(a.study, a.n_trials, a.workers, Path(tmp))
     res["benchmark_command"] = key
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
