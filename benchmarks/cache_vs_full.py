@@ -1,62 +1,194 @@
-"""The same trial trained on cached features and with the frozen backbone in the loop (batch 32)."""
+"""Cached features vs the frozen backbone in the loop (issue 12 part 1), as two separate checks.
+
+1. **Rates at scale** (``cached_rate``, ``loop_rate``, ``rates``): per-row training rate over *steady* epochs
+   (every epoch but the first, which carries tracing and compilation).  Each side runs in its own child on the
+   backend a user gets by default for it: the cached head on JAX (the trials' default), the backbone in the loop
+   on TensorFlow (the extraction default, and the faster one for ResNet50 here).  Same head
+   (``search.head.build_head``), batch 32, epochs timed by ``search.head.fit``'s per-epoch hook (a Keras
+   callback's ``on_epoch_end``), so a steady epoch is end-of-epoch to end-of-epoch: everything an epoch costs.
+2. **Equivalence** (``equivalence``): on a small slice, in one child and one backend, the head trained on the
+   cached features and the same head trained with the backbone in the loop (same seed, same batches) give the
+   same predictions.  This says the cache is a pure speed-up; it says nothing about speed.
+
+The arithmetic (``steady_epoch_s``, ``tracing_fraction``, ``summarize_rates``) is pure, for the tests.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-import numpy as np
+BATCH = 32
+SAME_PREDICTIONS = 0.99  # share of test images with the same predicted class that counts as "same predictions"
 
-from search import data, features, head, metrics
+
+# ---------------------------------------------------------------- arithmetic (pure)
+
+def steady_epoch_s(epoch_s: list[float]) -> float:
+    """Mean epoch time without the first epoch (tracing, compilation, first-touch of the data)."""
+    if len(epoch_s) < 2:
+        raise ValueError("a steady epoch needs at least 2 timed epochs (the first one is excluded)")
+    return sum(epoch_s[1:]) / (len(epoch_s) - 1)
 
 
-def _timed_fit(model, x, y, p, seed):
+def tracing_fraction(epoch_s: list[float]) -> float:
+    """Share of the timed part (all epochs) that is first-epoch overhead: (first - steady) / total, >= 0."""
+    return max(0.0, epoch_s[0] - steady_epoch_s(epoch_s)) / sum(epoch_s)
+
+
+def side_summary(rows: int, epoch_s: list[float]) -> dict[str, Any]:
+    steady = steady_epoch_s(epoch_s)
+    return {"rows": rows, "epoch_s": list(epoch_s), "steady_epoch_s": steady, "rows_per_s": rows / steady,
+            "tracing_s": max(0.0, epoch_s[0] - steady), "tracing_fraction": tracing_fraction(epoch_s)}
+
+
+def summarize_rates(cached: dict[str, Any], loop: dict[str, Any], max_tracing: float = 0.10) -> dict[str, Any]:
+    """The cache-vs-loop ratio from two child results ({"rows", "epoch_s", ...} each)."""
+    c = {**cached, **side_summary(cached["rows"], cached["epoch_s"])}
+    f = {**loop, **side_summary(loop["rows"], loop["epoch_s"])}
+    worst = max(c["tracing_fraction"], f["tracing_fraction"])
+    return {"cached": c, "loop": f, "ratio": c["rows_per_s"] / f["rows_per_s"], "batch_size": BATCH,
+            "max_tracing_fraction": worst, "tracing_ok": worst < max_tracing, "max_tracing_allowed": max_tracing}
+
+
+def rates_line(r: dict[str, Any]) -> str:
+    """One line for the log and the report, with the tracing share that says whether the scale is right."""
+    c, f = r["cached"], r["loop"]
+    verdict = "under" if r["tracing_ok"] else "NOT under"
+    return (f"cached head {c['rows_per_s']:,.0f} rows/s ({c['rows']:,} rows, {c['backend']}) vs backbone in the loop "
+            f"{f['rows_per_s']:,.0f} images/s ({f['rows']:,} images, {f['backend']}): {r['ratio']:.1f}x per row, "
+            f"steady epochs, batch {r['batch_size']}; tracing {c['tracing_fraction']:.1%} / "
+            f"{f['tracing_fraction']:.1%} of the timed part ({verdict} {r['max_tracing_allowed']:.0%})")
+
+
+# ---------------------------------------------------------------- child targets
+
+def _params(epochs: int, units: int = 1024):
+    from search import head
+
+    # fmnist_reg's fixed head (1024 units, Adam 1e-3) with a mid-range dropout; regularization off on both sides.
+    return head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3, batch_size=BATCH,
+                           epochs=epochs)
+
+
+def _timed_fit(model, x, y, p, seed: int) -> list[float]:
+    """Seconds per epoch from search.head.fit's per-epoch hook; the first mark is taken just before fit."""
+    from search import head
+
     marks = [time.perf_counter()]
-    total = head.fit(model, x, y, p, seed, on_epoch=lambda epoch, loss: marks.append(time.perf_counter()))
-    return total, list(np.diff(marks))
+    head.fit(model, x, y, p, seed, on_epoch=lambda epoch, loss: marks.append(time.perf_counter()))
+    return [b - a for a, b in zip(marks, marks[1:])]
 
 
-def compare(spec: dict[str, Any], report) -> dict[str, Any]:
-    """Child target.  spec: cache_dir, key, subset, split_ratio, epochs, batch_size, units, seed."""
+def cached_rate(spec: dict[str, Any], report) -> dict[str, Any]:
+    """Child target: the head on ``rows`` cached feature rows (a stratified, seeded set).
+
+    spec: cache_dir, key, rows, epochs, seed, units (optional).
+    """
+    import keras
+    import numpy as np
+
+    from search import data, features, head
+
+    xf, y = features.load_verified(spec["cache_dir"], spec["key"])
+    rows = min(spec["rows"], len(y))
+    idx = np.arange(len(y)) if rows == len(y) else data.split_indices(y, rows / len(y), spec["seed"])[0]
+    x, yt = np.asarray(xf[idx], np.float32), y[idx]  # in RAM before timing, as in a trial
+    del xf
+    p = _params(spec["epochs"], spec.get("units", 1024))
+    report(stage="cached head", rows=len(idx))
+    epochs = _timed_fit(head.build_head(x.shape[1], 10, p, spec["seed"]), x, yt, p, spec["seed"])
+    return {"backend": keras.backend.backend(), "rows": int(len(idx)), "epoch_s": epochs}
+
+
+def loop_rate(spec: dict[str, Any], report) -> dict[str, Any]:
+    """Child target: the same head with the frozen random-weight ResNet50 in the loop, on ``images`` images.
+
+    spec: images (a stratified slice of Fashion-MNIST), epochs, seed, data_dir (optional), units (optional).
+    """
+    import keras
+
+    from search import data, features, head
+
+    pooled = data.load_pooled("fashion_mnist", spec.get("data_dir"), spec["images"])
+    x = features.to_backbone_input(pooled.images, "unit")  # preprocessing outside the timed part, as extraction
+    backbone = features.build_backbone(features.resolve_weights("random"))
+    p = _params(spec["epochs"], spec.get("units", 1024))
+    model = head.full_model(backbone, head.build_head(backbone.output_shape[-1], 10, p, spec["seed"]))
+    report(stage="backbone in the loop", rows=len(x))
+    epochs = _timed_fit(model, x, pooled.labels, p, spec["seed"])
+    # After the timed part: the backbone's forward rate alone (what extraction is made of), warm, batch 256.
     from benchmarks.extraction import resnet50_flops_per_image
 
+    n_fwd = min(len(x), 1024)
+    backbone.predict(x[:256], batch_size=256, verbose=0)
+    t = time.perf_counter()
+    backbone.predict(x[:n_fwd], batch_size=256, verbose=0)
+    return {"backend": keras.backend.backend(), "rows": int(len(x)), "epoch_s": epochs,
+            "forward_images_per_s": n_fwd / (time.perf_counter() - t),
+            "resnet50_flops_per_image": resnet50_flops_per_image(backbone)}
+
+
+def equivalence(spec: dict[str, Any], report) -> dict[str, Any]:
+    """Child target: cached head vs backbone-in-the-loop head on one small slice, one backend, one seed.
+
+    spec: cache_dir, key (the features of the ``subset`` slice), subset, split_ratio, epochs, seed.
+    Returns the share of test images with the same predicted class and the largest probability difference.
+    """
+    import keras
+    import numpy as np
+
+    from search import data, features, head, metrics
+
     seed = spec["seed"]
-    pooled = data.load_pooled("fashion_mnist", None, spec["subset"])
-    xf, y = features.load_cached(spec["cache_dir"], spec["key"])
-    assert np.array_equal(y, pooled.labels), "cache entry does not hold this slice"
+    pooled = data.load_pooled("fashion_mnist", spec.get("data_dir"), spec["subset"])
+    xf, y = features.load_verified(spec["cache_dir"], spec["key"])
+    if not np.array_equal(y, pooled.labels):
+        raise ValueError("the cache entry does not hold this slice")
     tr, te = data.split_indices(y, spec["split_ratio"], seed)
-    p = head.HeadParams(units=spec["units"], dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3,
-                        batch_size=spec["batch_size"], epochs=spec["epochs"])
+    p = _params(spec["epochs"], spec.get("units", 1024))
 
     report(stage="cached")
-    model = head.build_head(xf.shape[1], 10, p, seed)
-    cached_s, cached_epochs = _timed_fit(model, np.asarray(xf[tr], np.float32), y[tr], p, seed)
-    proba, _ = head.predict(model, np.asarray(xf[te], np.float32))
-    cached_acc = metrics.evaluate(y[te], proba, 10)["accuracy"]
+    cached = head.build_head(xf.shape[1], 10, p, seed)
+    head.fit(cached, np.asarray(xf[tr], np.float32), y[tr], p, seed)
+    p_cached, _ = head.predict(cached, np.asarray(xf[te], np.float32))
 
-    report(stage="full")
+    report(stage="backbone in the loop")
     backbone = features.build_backbone(features.resolve_weights("random"))
-    flops = resnet50_flops_per_image(backbone)
-    t = time.perf_counter()
-    xi = features.to_backbone_input(pooled.images[tr], "unit")
-    prep_s = time.perf_counter() - t
-    # Steady forward rate of the backbone (what extraction is made of), after a warm-up call.
-    n_fwd = min(len(xi), 1024)
-    backbone.predict(xi[:256], batch_size=256, verbose=0)
-    t = time.perf_counter()
-    backbone.predict(xi[:n_fwd], batch_size=256, verbose=0)
-    forward_ips = n_fwd / (time.perf_counter() - t)
     full = head.full_model(backbone, head.build_head(xf.shape[1], 10, p, seed))
-    full_s, full_epochs = _timed_fit(full, xi, y[tr], p, seed)
-    proba = np.asarray(full.predict(features.to_backbone_input(pooled.images[te], "unit"), batch_size=256, verbose=0))
-    full_acc = metrics.evaluate(y[te], proba.astype(np.float64), 10)["accuracy"]
-    return {"n_train": int(len(tr)), "epochs": p.epochs, "batch_size": p.batch_size,
-            "cached_fit_s": cached_s, "cached_epoch_s": cached_epochs, "cached_accuracy": cached_acc,
-            "full_fit_s": full_s, "full_epoch_s": full_epochs, "full_accuracy": full_acc,
-            "full_preprocess_s": prep_s, "forward_images_per_s": forward_ips, "resnet50_flops_per_image": flops}
+    head.fit(full, features.to_backbone_input(pooled.images[tr], "unit"), y[tr], p, seed)
+    p_loop, _ = head.predict(full, features.to_backbone_input(pooled.images[te], "unit"), batch_size=256)
+
+    same = float(np.mean(p_cached.argmax(1) == p_loop.argmax(1)))
+    return {"backend": keras.backend.backend(), "n_train": int(len(tr)), "n_test": int(len(te)),
+            "epochs": p.epochs, "same_class_share": same, "max_abs_proba_diff": float(np.abs(p_cached - p_loop).max()),
+            "cached_accuracy": metrics.evaluate(y[te], p_cached, 10)["accuracy"],
+            "loop_accuracy": metrics.evaluate(y[te], p_loop, 10)["accuracy"]}
 
 
-def summarize(r: dict[str, Any]) -> dict[str, Any]:
-    return {**r, "fit_ratio": r["full_fit_s"] / r["cached_fit_s"],
-            "last_epoch_ratio": r["full_epoch_s"][-1] / r["cached_epoch_s"][-1],
-            "full_train_images_per_s": r["n_train"] / r["full_epoch_s"][-1]}
+def equivalence_line(e: dict[str, Any], min_same: float = SAME_PREDICTIONS) -> str:
+    ok = e["same_class_share"] >= min_same
+    return (f"{e['n_train']:,} training / {e['n_test']:,} test images, {e['epochs']} epoch(s), "
+            f"{e['backend']}: same predicted class for {e['same_class_share']:.1%} of test images, largest "
+            f"probability difference {e['max_abs_proba_diff']:.1e}, accuracy {e['cached_accuracy']:.4f} vs "
+            f"{e['loop_accuracy']:.4f}: {'same predictions' if ok else 'predictions DIFFER'}")
+
+
+# ---------------------------------------------------------------- the parent side
+
+def measure_rates(cache_dir: str, key: str, cached_rows: int, cached_epochs: int, loop_images: int,
+                  loop_epochs: int, seed: int = 0, data_dir: str | None = None) -> dict[str, Any]:
+    """Both rate children, one after the other, each on its default backend; load average around each."""
+    from benchmarks.common import child, loadavg
+
+    sides = {}
+    for name, target, backend, spec in (
+            ("cached", "benchmarks.cache_vs_full:cached_rate", "jax",
+             {"cache_dir": cache_dir, "key": key, "rows": cached_rows, "epochs": cached_epochs, "seed": seed}),
+            ("loop", "benchmarks.cache_vs_full:loop_rate", "tensorflow",
+             {"images": loop_images, "epochs": loop_epochs, "seed": seed, "data_dir": data_dir})):
+        before = loadavg()
+        t = child(target, spec, backend=backend)
+        sides[name] = {**t.result, "wall_s": t.wall_s, "peak_memory_mb": t.peak_memory_mb,
+                       "load_avg_before": before, "load_avg_after": loadavg()}
+    return summarize_rates(sides["cached"], sides["loop"])

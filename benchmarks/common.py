@@ -34,8 +34,45 @@ def machine() -> dict[str, Any]:
         flags = []
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "load_avg_at_start": list(os.getloadavg()),
+            "load_avg_at_start": loadavg(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions, read from package metadata (importing TensorFlow here would cost ~0.5 GB and seconds)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name, dists in (("keras", ["keras"]), ("jax", ["jax"]), ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
+                        ("optuna", ["optuna"])):
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def loadavg() -> list[float]:
+    """1, 5 and 15-minute load averages: every figure is printed with it (valid only on an idle machine)."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def load_text(load: list[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in load)
+
+
+IDLE_LOAD = 0.5  # 1-minute load average above which a machine is not idle enough to measure on
+
+
+def load_warning(load: list[float], limit: float = IDLE_LOAD) -> str | None:
+    """A warning when the 1-minute load average ``load[0]`` says the machine is busy, else None."""
+    if load[0] > limit:
+        return (f"WARNING: 1-minute load average at start {load[0]:.2f} > {limit}: the machine is not idle, "
+                f"these figures are not valid measurements")
+    return None
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:

@@ -13,35 +13,23 @@ from search import data, features, head, metrics
 
 def _features(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if spec.get("key"):
-        x, y = features.load_cached(spec["cache_dir"], spec["key"])
+        x, y = features.load_verified(spec["cache_dir"], spec["key"])
         return np.asarray(x, np.float32), y
     rng = np.random.default_rng(0)  # tiny synthetic inputs (tests)
     y = rng.integers(0, N_CLASSES, spec["n_rows"])
     return rng.standard_normal((spec["n_rows"], N_FEATURES), dtype=np.float32) + y[:, None] * 0.1, y
 
 
-def _fit(model, x, y, p: head.HeadParams, seed: int, compile_kwargs: dict) -> list[float]:
-    """Per-epoch seconds.  The production path (search.head.fit) unless extra compile options are tried."""
+def _fit(model, x, y, p: head.HeadParams, seed: int) -> list[float]:
+    """Per-epoch seconds, through the production path (search.head.fit and its per-epoch hook)."""
     marks = [time.perf_counter()]
-    if not compile_kwargs:
-        head.fit(model, x, y, p, seed, on_epoch=lambda e, loss: marks.append(time.perf_counter()))
-    else:
-        import keras
-
-        class _Mark(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                marks.append(time.perf_counter())
-
-        model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss="sparse_categorical_crossentropy",
-                      **compile_kwargs)
-        keras.utils.set_random_seed(seed)
-        model.fit(x, y, batch_size=p.batch_size, epochs=p.epochs, shuffle=True, verbose=0, callbacks=[_Mark()])
+    head.fit(model, x, y, p, seed, on_epoch=lambda e, loss: marks.append(time.perf_counter()))
     return list(np.diff(marks))
 
 
 def sweep(spec: dict[str, Any], report) -> dict[str, Any]:
     """Child target.  spec: cache_dir/key (or n_rows for synthetic), n_rows, units, batch_sizes, epochs,
-    policy ("float32" | "mixed_bfloat16"), intra_threads, compile (extra compile kwargs), accuracy (optional
+    policy ("float32" | "mixed_bfloat16"), intra_threads, accuracy (optional
     {"batch_size", "epochs"}: train on a 0.8 split of the real rows and report test accuracy)."""
     import keras
 
@@ -64,7 +52,7 @@ def sweep(spec: dict[str, Any], report) -> dict[str, Any]:
         report(stage="batch", batch_size=b)
         p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3, batch_size=b, epochs=epochs)
         model = head.build_head(x.shape[1], N_CLASSES, p, seed=0)
-        ep = _fit(model, x, y, p, 0, spec.get("compile") or {})
+        ep = _fit(model, x, y, p, 0)
         steady = min(ep[1:]) if len(ep) > 1 else ep[0]
         rows.append({"batch_size": b, "epoch_s": ep, "steady_epoch_s": steady,
                      "gflops": head_train_flops(n, units) / steady / 1e9})
@@ -77,7 +65,8 @@ def sweep(spec: dict[str, Any], report) -> dict[str, Any]:
         tr, te = data.split_indices(ya, 0.8, 0)
         p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3,
                             batch_size=acc["batch_size"], epochs=acc["epochs"])
-        model, fit_s = head.train_head(np.asarray(xa[tr], np.float32), ya[tr], N_CLASSES, p, 0)
+        model, fit = head.train_head(np.asarray(xa[tr], np.float32), ya[tr], N_CLASSES, p, 0)
+        fit_s = fit.train_time_s
         proba, _ = head.predict(model, np.asarray(xa[te], np.float32))
         out["accuracy"] = {**acc, "n_train": int(len(tr)), "fit_s": fit_s,
                            "accuracy": metrics.evaluate(ya[te], proba, N_CLASSES)["accuracy"]}

@@ -84,7 +84,6 @@ def kt_search(spec: dict[str, Any], report) -> dict[str, Any]:
     """Child target: KerasTuner RandomSearch, the backbone inside the model."""
     import keras
     import keras_tuner as kt
-    import numpy as np
     from sklearn.model_selection import train_test_split
 
     from search import data, features

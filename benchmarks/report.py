@@ -1,9 +1,11 @@
-"""Targets of issue 4 and the Markdown table of a benchmarks.run result."""
+"""Targets of issues 4 and 12 and the Markdown of a benchmarks.run result."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.cache_vs_full import SAME_PREDICTIONS, equivalence_line, rates_line
+from benchmarks.common import load_text
 from benchmarks.trial import extrapolate
 
 # fmnist_reg's search space: epochs uniform 5-25 (mean 15), split_ratio in {0.5..0.9} (mean 0.7).
@@ -39,9 +41,17 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     lim = res["limit"]["matmul_gflops"]
     out = []
     c = res["cache_vs_full"]
-    out.append({"target": "cached trial >= 10x faster than backbone in the loop (batch 32)",
-                "value": f"{c['fit_ratio']:.1f}x (fit time), {c['last_epoch_ratio']:.1f}x (steady epoch)",
-                "met": c["fit_ratio"] >= 10})
+    scale = "" if c["tracing_ok"] else f"; NOT at scale: tracing {c['max_tracing_fraction']:.0%} of the timed part"
+    out.append({"target": "cached head >= 10x faster per row than backbone in the loop (steady epochs, batch 32)",
+                "value": f"{c['ratio']:.1f}x ({c['cached']['rows_per_s']:,.0f} vs {c['loop']['rows_per_s']:,.0f} "
+                         f"rows/s){scale}",
+                # A ratio measured where tracing weighs is not the figure the target is about: no verdict.
+                "met": (c["ratio"] >= 10) if c["tracing_ok"] else None})
+    if "equivalence" in res:
+        e = res["equivalence"]
+        out.append({"target": "cached head and backbone-in-the-loop head give the same predictions (small slice)",
+                    "value": f"{e['same_class_share']:.1%} same class, largest probability difference "
+                             f"{e['max_abs_proba_diff']:.1e}", "met": e["same_class_share"] >= SAME_PREDICTIONS})
     for s in res["head_sweeps"]:
         if s["name"] in ("tensorflow", "jax"):
             b, b32 = _best(s), _row(s, 32)
@@ -59,16 +69,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     out.append({"target": f"Optuna overhead < 1% of trial time at {o['n_trials']} trials",
                 "value": f"{o['per_trial_at_end_s'] * 1e3:.0f} ms/trial = {share:.2%} of {what} ({ref:.0f} s)",
                 "met": share < 0.01})
-    est = study_estimates(res)
-    for e in est:
-        if e["storage"] == "float32":
-            out.append({"target": f"30-trial fmnist_reg study < 1 h, batch 32 ({e['backend']})",
-                        "value": f"{e['study_30_mean_h']:.2f} h expected (mean 15 epochs), "
-                                 f"{e['study_30_worst_h']:.2f} h if every trial ran 25 epochs at split 0.9 "
-                                 f"(extrapolated from {tf['epochs']} measured epochs)",
-                        "met": e["study_30_mean_h"] < 1})
-    if not est:
-        out.append({"target": "30-trial fmnist_reg study < 1 h", "value": "not measured by --quick", "met": None})
+    out.append({"target": "30-trial fmnist_reg study < 45 min on 2 idle cores, batch 32",
+                "value": "measured end to end by `python -m benchmarks.study`, not by this run", "met": None})
     for backend in dict.fromkeys(t["backend"] for t in res["trials"]):  # the default backend (jax) first
         runs = [t for t in res["trials"] if t["backend"] == backend and t.get("storage", "float32") == "float32"]
         if not runs:
@@ -104,13 +106,19 @@ def markdown(res: dict[str, Any]) -> str:
           + ", ".join(f"b={b}: {g:.0f}" for b, g in lm["gemm_head_shape_gflops"].items()) + " GFLOP/s.", ""]
 
     c = res["cache_vs_full"]
-    L += ["**Cache vs backbone in the loop** (same head, params, slice, seed; batch 32):", "",
-          "| | fit s | epoch s | test accuracy |", "|---|---|---|---|",
-          f"| cached features | {c['cached_fit_s']:.1f} | {', '.join(f'{x:.2f}' for x in c['cached_epoch_s'])} | {c['cached_accuracy']:.4f} |",
-          f"| frozen ResNet50 in the loop | {c['full_fit_s']:.1f} | {', '.join(f'{x:.2f}' for x in c['full_epoch_s'])} | {c['full_accuracy']:.4f} |",
-          "", f"{c['n_train']} training images, {c['epochs']} epochs; ratio {c['fit_ratio']:.1f}x (fit), "
-              f"{c['last_epoch_ratio']:.1f}x (last epoch); backbone-in-the-loop trains {c['full_train_images_per_s']:.0f} "
-              f"images/s; preprocessing for it {c['full_preprocess_s']:.1f} s (not in the fit time).", ""]
+    L += ["**Cache vs backbone in the loop, at scale** (per-row rate over steady epochs, i.e. all but the first; "
+          "same head, batch 32; each side in its own child on its default backend):", "",
+          "| side | backend | rows | epochs s | steady epoch s | rows/s | first-epoch overhead (share of timed part) "
+          "| load before / after |", "|---|---|---|---|---|---|---|---|"]
+    for name, x in (("cached features", c["cached"]), ("frozen ResNet50 in the loop", c["loop"])):
+        L.append(f"| {name} | {x['backend']} | {x['rows']:,} | {', '.join(f'{v:.2f}' for v in x['epoch_s'])} | "
+                 f"{x['steady_epoch_s']:.2f} | {x['rows_per_s']:,.0f} | {x['tracing_s']:.1f} s "
+                 f"({x['tracing_fraction']:.1%}) | {load_text(x['load_avg_before'])} / "
+                 f"{load_text(x['load_avg_after'])} |")
+    L += ["", rates_line(c) + ".", ""]
+    if "equivalence" in res:
+        L += [f"**Equivalence check** (a separate, small-slice check; not a speed figure): "
+              f"{equivalence_line(res['equivalence'])}.", ""]
 
     e = res["extraction"]
     L += [f"**Feature extraction** (one-time, `search.features.extract_job` in a child): {e['n_images']} images in "

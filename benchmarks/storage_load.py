@@ -26,7 +26,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ def _open(backend: str, where: str):
 
         return optuna.storages.RDBStorage(where, heartbeat_interval=10, grace_period=30,
                                           heartbeat_stale_trial_callback=RetryCallback(max_retry=3))
-    from search.study import open_storage
+    from search.storage import open_storage
 
     return open_storage(where, heartbeat_interval=10)
 

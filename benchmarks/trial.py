@@ -1,5 +1,11 @@
-"""A ``fmnist_reg``-shaped trial through the production path (search.trial.run_trial in a child process),
-per Keras backend and per feature storage dtype, and the cost of compact (float16) feature storage."""
+"""One ``fmnist_reg`` trial through the production path (``search.trial.run_trial`` in a fresh child process, as
+``search.objective`` runs it), with the breakdown of its wall time outside ``fit`` (issue 12 part 3a), per
+Keras backend; and the cost of compact (float16) feature storage.
+
+``python -m benchmarks.trial [--epochs 3] [--split 0.8] [--out FILE.json] BACKEND...`` prints, per backend, where
+the trial's wall time goes: process start, imports, loading features, copying rows, tracing/compile, fit,
+evaluation, pictures, result and exit.
+"""
 
 from __future__ import annotations
 
@@ -10,41 +16,155 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import child
+from benchmarks.common import child, load_text, loadavg
 from search import data, features
 
 
 def fmnist_reg_spec(cache_dir: str, key: str, epochs: int, split_ratio: float = 0.8, batch_size: int = 32,
                     seed: int = 0) -> dict[str, Any]:
-    """study_configs/fmnist_reg.toml's fixed settings (1024 units, Adam 1e-3, batch 32) with one trial's choices."""
-    params = {"split_ratio": split_ratio, "epochs": epochs, "batch_size": batch_size, "learning_rate": 1e-3,
-              "dropout": 0.5, "l1": 0.0, "l2": 1e-4, "units": 1024, "balance": "balanced"}
-    return {"cache_dir": cache_dir, "key": key, "n_classes": 10, "params": params, "seed": seed,
-            "reduce_classes": [0, 1, 2], "reduce_fraction": 0.1}
+    """The spec the service sends for one fmnist_reg trial (search.objective.trial_spec, random weights), with
+    this trial's choices: ``epochs``, ``split_ratio``, dropout 0.5, L2 1e-4, no L1; the config's fixed rest."""
+    from search import config as cfg
+    from search import objective as obj
+
+    config = cfg.load_config("fmnist_reg").with_weights("random").with_seed(seed)
+    ctx = obj.Context(config=config, cache_dir=Path(cache_dir), cache_key=key, n_classes=10, target=1)
+    chosen = {"split_ratio": split_ratio, "epochs": epochs, "dropout": 0.5, "l1": 0.0, "l2": 1e-4,
+              "batch_size": batch_size}
+    return obj.trial_spec(ctx, obj.resolve_params(config, chosen))
 
 
-def run(spec: dict[str, Any], backend: str = "tensorflow", env: dict[str, str] | None = None) -> dict[str, Any]:
-    t = child("search.trial:run_trial", spec, backend=backend, env=env)
-    epoch_marks = [s for s, e in t.events if e.get("stage") == "training"]  # epoch 0 (start), 1, 2, ...
-    epochs = list(np.diff(epoch_marks))
+def metric(result: dict[str, Any], name: str) -> float | None:
+    """A quality metric of the trial's evaluation split: ``test_<name>`` (named by split) or ``<name>`` (older)."""
+    return result.get(f"test_{name}", result.get(name))
+
+
+# ---------------------------------------------------------------- the breakdown (pure)
+
+def breakdown(t0: float, t_end: float, events: list[dict[str, Any]], stamps: dict[str, Any],
+              train_time_s: float, tf_import_s: float | None = None) -> dict[str, Any]:
+    """Where one trial's wall time went, from the parent's clock (``t0`` before the child starts, ``t_end``
+    after it was reaped), the child's stamped progress events and the stamps of ``trial_child.timed_trial``.
+
+    Returns {"parts": [{"part", "s", "where"}...], "wall_s", "fit_s", "outside_fit_s", "epoch_s"}; ``wall_s``
+    is the trial process as in production (the benchmark's own measurements after the trial are taken out);
+    pictures are listed apart when the coordinator, not the trial process, draws them.  ``tf_import_s``: the
+    time of a TensorFlow import the trial did inside its training window (timed in another process), shown
+    apart from tracing.
+    """
+    after = stamps.get("load_split_s", 0.0) + (stamps.get("pictures_s") or 0.0)  # benchmark-only, after the trial
+    parts: list[dict[str, Any]] = []
+
+    def add(part: str, s: float, where: str = "trial process") -> None:
+        parts.append({"part": part, "s": max(0.0, s), "where": where})
+
+    add("process start: fork, exec, interpreter, search.isolate, reading the job", stamps["module"] - t0)
+    add("imports: search.trial, scikit-learn", stamps["imports_search"] - stamps["module"])
+    add("imports: Keras, its backend, first op", stamps["imports_keras"] - stamps["imports_search"])
+
+    timed = [e for e in events if "t" in e]
+    ends = [e["t"] for e in timed[1:]] + [stamps["trial_end"]]
+    if timed:
+        add("(between imports and the first stage)", timed[0]["t"] - stamps["imports_keras"])
+    # Training: "training, epoch 0" is reported just before the model is built, then one event per epoch end.
+    marks = [e["t"] for e in timed if e.get("stage") == "training"]
+    epoch_s = [b - a for a, b in zip(marks, marks[1:])]
+    fit_s = marks[-1] - marks[0] if marks else 0.0
+    tf_s = min(tf_import_s or 0.0, epoch_s[0]) if epoch_s else 0.0
+
+    def add_training() -> None:
+        if tf_s:
+            add("TensorFlow import by keras.utils.set_random_seed (timed in another process)", tf_s)
+        if len(epoch_s) >= 2:
+            steady = sum(epoch_s[1:]) / (len(epoch_s) - 1)
+            add("model build, tracing/compile (first epoch - steady epoch" + (" - that import)" if tf_s else ")"),
+                epoch_s[0] - steady - tf_s)
+            add(f"fit, steady part ({len(epoch_s)} epochs x {steady:.2f} s)", fit_s - max(0.0, epoch_s[0] - steady))
+        elif epoch_s:
+            add("fit (1 epoch, tracing included)", fit_s - tf_s)
+
+    for e, end in zip(timed, ends):
+        stage, s = e.get("stage", ""), end - e["t"]
+        if stage == "training":
+            if e["t"] == marks[0]:
+                add_training()
+        elif stage == "loading features":
+            warm = min(stamps.get("load_split_s", 0.0), s)
+            add("loading features, splitting (timed again after the trial, warm)", warm)
+            add("copying rows out of the memory map (rest of that window)", s - warm)
+        elif stage == "evaluating":
+            add("evaluation (predict, metrics)", s)
+        else:
+            add(stage, s)
+    pic = stamps.get("pictures_s")
+    if pic is not None:
+        add("pictures (drawn by the coordinator today; timed in the trial process after it)", pic, "coordinator")
+    add("result to the parent, process exit", t_end - stamps["trial_end"] - after)
+    in_process = sum(p["s"] for p in parts if p["where"] == "trial process")
+    # Outside fit = everything but the training window (model build and tracing are inside it, listed above).
+    return {"parts": parts, "wall_s": in_process, "fit_s": fit_s, "train_time_s": train_time_s,
+            "outside_fit_s": in_process + (pic or 0.0) - fit_s, "epoch_s": epoch_s}
+
+
+def breakdown_table(b: dict[str, Any]) -> str:
+    total = b["wall_s"] + sum(p["s"] for p in b["parts"] if p["where"] != "trial process")
+    lines = ["| part | where | s | share |", "|---|---|---|---|"]
+    lines += [f"| {p['part']} | {p['where']} | {p['s']:.2f} | {p['s'] / total:.1%} |" for p in b["parts"]]
+    lines += [f"| **trial process wall** | trial process | {b['wall_s']:.2f} | |",
+              f"| **fit** (model build, first epoch with tracing, steady epochs) | trial process | {b['fit_s']:.2f} | "
+              f"{b['fit_s'] / total:.1%} |",
+              f"| **outside fit** (everything else, pictures included) | | "
+              f"{b['outside_fit_s']:.2f} | {b['outside_fit_s'] / total:.1%} |"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- one trial
+
+def run(spec: dict[str, Any], backend: str = "jax", env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One trial in a fresh child on ``backend``; its figures and the breakdown of its wall time."""
+    from search.data import DATASETS
+
+    load_before = loadavg()
+    t0 = time.time()
+    t = child("benchmarks.trial_child:timed_trial", {"trial": spec, "class_names": list(DATASETS["fashion_mnist"].class_names)},
+              backend=backend, env=env)
+    t_end = time.time()
+    r, stamps = t.result["result"], t.result["stamps"]
+    tf_s = tensorflow_import_s({"KERAS_BACKEND": backend, **(env or {})}) if stamps.get("tensorflow_imported") else None
+    b = breakdown(t0, t_end, [e for _, e in t.events], stamps, r["train_time_s"], tf_s)
+    epochs = b["epoch_s"]
     steady = float(np.mean(epochs[1:])) if len(epochs) > 1 else epochs[0]
-    r = t.result
-    non_training = t.wall_s - r["train_time_s"]
-    return {"backend": backend, "epochs": len(epochs), "n_train": r["n_train"], "wall_s": t.wall_s,
+    return {"backend": backend, "epochs": len(epochs), "n_train": r["n_train"], "wall_s": b["wall_s"],
             "train_time_s": r["train_time_s"], "test_time_s": r["test_time_s"], "epoch_s": epochs,
-            "first_epoch_s": epochs[0], "steady_epoch_s": steady, "non_training_s": non_training,
-            "peak_memory_mb": t.peak_memory_mb, "accuracy": r["accuracy"], "roc_auc": r["roc_auc"]}
+            "first_epoch_s": epochs[0], "steady_epoch_s": steady, "non_training_s": b["wall_s"] - r["train_time_s"],
+            "peak_memory_mb": t.peak_memory_mb, "accuracy": metric(r, "accuracy"), "roc_auc": metric(r, "roc_auc"),
+            "breakdown": b, "tensorflow_imported": bool(stamps.get("tensorflow_imported")),
+            "load_avg_before": load_before, "load_avg_after": loadavg()}
+
+
+def tensorflow_import_s(env: dict[str, str] | None = None) -> float:
+    """Seconds to import TensorFlow in a fresh process that has Keras loaded (what a trial pays for it)."""
+    import os
+    import subprocess
+    import sys
+
+    # Keras and its backend first, as in the trial: only TensorFlow's own share is timed.
+    code = ("import time, keras; keras.ops.zeros((1,)); t = time.perf_counter(); import tensorflow; "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def extrapolate(r: dict[str, Any], epochs: int, train_share: float = 1.0) -> float:
-    """Seconds of a trial of ``epochs`` epochs on ``train_share`` x this trial's training rows."""
+    """Seconds of a trial of ``epochs`` epochs on ``train_share`` x this trial's training rows (labelled as such)."""
     return r["non_training_s"] + (r["first_epoch_s"] + (epochs - 1) * r["steady_epoch_s"]) * train_share
 
 
 def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
     """The same cache entry with float16 features in ``dst_dir`` (trial.py reads it unchanged: it casts rows)."""
     def build(tmp: Path) -> None:
-        x, y = features.load_cached(src_dir, key)
+        x, y = features.load_verified(src_dir, key)
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=x.shape)
         for s in range(0, len(x), 8192):
             out[s:s + 8192] = x[s:s + 8192]
@@ -53,8 +173,8 @@ def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
         np.save(tmp / "labels.npy", y)
 
     features.ensure_cached(dst_dir, key, build)
-    x32, _ = features.load_cached(src_dir, key)
-    x16, y = features.load_cached(dst_dir, key)
+    x32, _ = features.load_verified(src_dir, key)
+    x16, y = features.load_verified(dst_dir, key)
     finite = bool(np.isfinite(x16).all())
     rel = float(np.abs(x16[:2000].astype(np.float32) - x32[:2000]).max() / (np.abs(x32[:2000]).max() or 1))
     tr, _ = data.split_indices(y, 0.8, 0)
@@ -71,23 +191,39 @@ def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.trial [--epochs 2] [--split 0.8] BACKEND...``: one fmnist_reg trial per backend."""
+    """``python -m benchmarks.trial [--epochs 3] [--split 0.8] [--subset 0] [--out FILE.json] BACKEND...``"""
     import argparse
+    import sys
 
-    from benchmarks.common import ensure_features
+    from benchmarks.common import ensure_features, machine
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.trial", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.trial", description=__doc__.splitlines()[0])
     p.add_argument("backends", nargs="+", choices=["tensorflow", "jax", "torch"])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--split", type=float, default=0.8)
+    p.add_argument("--epochs", type=int, default=3, help="epochs of the trial (at least 2 to see a steady epoch)")
+    p.add_argument("--split", type=float, default=0.8, help="train/test split ratio (0.8: 56,000 training rows)")
+    p.add_argument("--subset", type=int, default=0, help="a stratified slice of Fashion-MNIST (0: all 70,000)")
     p.add_argument("--cache-dir", type=Path, default=features.default_cache_dir(),
-                   help="feature cache (random-weight features of all of Fashion-MNIST are built if missing)")
+                   help="feature cache (random-weight features are built there if missing)")
+    p.add_argument("--out", type=Path, help="write every figure as JSON")
     a = p.parse_args(argv)
-    cached = ensure_features(a.cache_dir, 0)
+    m = machine()
+    print(f"{m['cpu']}, {m['cores']} cores, {m['date']}; load average {load_text(m['load_avg_at_start'])} at start",
+          flush=True)
+    if warn := load_warning(m["load_avg_at_start"]):
+        print(warn, flush=True)
+    cached = ensure_features(a.cache_dir, a.subset)
+    runs = []
     for backend in a.backends:
         r = run(fmnist_reg_spec(cached.cache_dir, cached.key, a.epochs, a.split), backend)
-        print(json.dumps({k: r[k] for k in ("backend", "n_train", "epochs", "wall_s", "first_epoch_s",
-                                            "steady_epoch_s", "peak_memory_mb", "accuracy")}), flush=True)
+        runs.append(r)
+        print(f"\n{backend}: {r['n_train']:,} training rows, {r['epochs']} epochs, peak {r['peak_memory_mb']:.0f} MB, "
+              f"accuracy {r['accuracy']:.4f}; load average {load_text(r['load_avg_before'])} before, "
+              f"{load_text(r['load_avg_after'])} after\n", flush=True)
+        print(breakdown_table(r["breakdown"]), flush=True)
+    if a.out:
+        command = f"python -m benchmarks.trial {' '.join(sys.argv[1:] if argv is None else argv)}"
+        a.out.write_text(json.dumps({"machine": m, "command": command,
+                                     "runs": runs}, indent=1, default=str))
     return 0
 
 

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from search.errors import DataError, SearchError, TrialFailed, UsageError
+from search.errors import DataError, SearchError, TrialFailed, UsageError, cli_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,14 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return _run(args)
-    except SearchError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return cli_main(_run, parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from search.errors import SearchError, UsageError
+from search.errors import UsageError, cli_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,14 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return _run(args)
-    except SearchError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return cli_main(_run, parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -50,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     from search import artifacts, storage as sto
 
-    storage = sto.open_existing(sto.storage_url(args.storage))
+    storage = sto.open_readonly(sto.storage_url(args.storage))
     dirs = artifacts.find_artifact_dirs(storage, args.artifact_dir)
     store = artifacts.read_store(dirs)
     _check_port(args.host, args.port)

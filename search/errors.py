@@ -75,3 +75,19 @@ class Interrupted(SearchError):
 def unknown(what: str, name: object, registry) -> str:
     """The one wording of an unknown name: what it is, the name, and every valid one of ``registry``."""
     return f"unknown {what} {name!r}; valid: {', '.join(map(str, registry))}"
+
+
+def cli_main(body, args) -> int:
+    """Run a command's ``body(args)``: a SearchError becomes one line on stderr and its exit code.
+
+    Tracebacks only with ``args.debug``.  Every command line of the service ends here.
+    """
+    import sys
+
+    try:
+        return body(args)
+    except SearchError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code

@@ -6,7 +6,9 @@ trial's memory and crashes are its own.  Every measure that is not an
 objective is stored as a user attribute of the trial, named with its split
 (``val_*``, ``test_*``).  A trial failed by another process while it ran (a
 stale-heartbeat sweep) keeps its result: it is recorded on the retry that the
-sweep queued (search.trials.record_taken_over).
+sweep queued (search.trials.record_taken_over).  With ``run.epoch_snapshots``
+the trial's shorter schedules are recorded as COMPLETE trials of their own,
+and a trial that early stopping ended at a rung is PRUNED (search.snapshots).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import optuna
 
-from search import artifacts, signals
+from search import artifacts, signals, snapshots
 from search.augment import trial_backend
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
 from search.errors import Interrupted, TrialFailed
@@ -169,9 +171,11 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
                 params = resolve_params(ctx.config, suggested)
                 trial.set_user_attr("resolved_params", params)
                 on_event({"event": "trial", "number": trial.number, "params": params})
+                spec = trial_spec(ctx, params, trial.number)
+                if (plan := snapshots.plan(ctx.config, params, trial.study)) is not None:
+                    spec["snapshots"] = plan  # epochs to evaluate, and the earlier rung vectors early stopping needs
                 with Heartbeat(trial.storage, trial._trial_id, ctx.heartbeat_s):
-                    outcome = ctx.run(trial_spec(ctx, params, trial.number), on_event,
-                                      trial_timeout(trial.study, ctx.config))
+                    outcome = ctx.run(spec, on_event, trial_timeout(trial.study, ctx.config))
         except TrialFailed as e:
             _record_failure(trial, str(e), e.kind)
             raise
@@ -183,15 +187,34 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
         result = measures(outcome)
         values = [float(result[m]) for m in ctx.config.metric_names]
         pictures = outcome.result.get("pictures") or []
+        stopped = snapshots.STOPPED_AT in result
+
+        def record_snapshots(parent: int) -> list[int]:
+            return snapshots.record(trial.study, parent, trial.params, trial.distributions, params, result, ctx.config)
+
         if taken_over(trial):
-            budgets = ctx.config.constraints.budgets()
-            holder = record_taken_over(trial, values, result, {m: float(result[m]) - b for m, b in budgets.items()})
             _discard(pictures)
+            if stopped:
+                # Early-stopped: nothing COMPLETE to hand over; the peer's retry trains these parameters again.
+                record_snapshots(trial.number)
+                raise TakenOver(trial.number)
+            budgets = ctx.config.constraints.budgets()
+            run_attrs = {k: v for k, v in result.items() if k not in ("snapshots", "rung_checks")}
+            holder = record_taken_over(trial, values, run_attrs,
+                                       {m: float(result[m]) - b for m, b in budgets.items()})
+            record_snapshots(holder)
             raise TakenOver(trial.number, holder)
+        numbers = record_snapshots(trial.number)
         for key, value in result.items():
-            trial.set_user_attr(key, value)
-        set_constraints(trial, ctx.config, result)
+            if key != "snapshots":  # each is a trial of its own now
+                trial.set_user_attr(key, value)
+        if numbers:
+            trial.set_user_attr(snapshots.SNAPSHOT_TRIALS, numbers)
         artifacts.upload_pictures(trial, pictures, ctx.artifact_dir)  # never raises: a picture never fails a trial
+        if stopped:
+            # Ours, not Optuna's pruner (it refuses multi-objective studies): the measures up to the rung stay.
+            raise optuna.TrialPruned(result["stopped_reason"])
+        set_constraints(trial, ctx.config, result)
         return values
 
     return objective

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from search.snapshots import SNAPSHOT_OF, display_note, is_snapshot
 from search.trials import n_counted
 
 
@@ -97,6 +98,8 @@ class Display:
         return crossed
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if is_snapshot(trial):
+            return  # an epoch snapshot: its parent's line announces it, and it takes no time of its own
         if trial.state == TrialState.COMPLETE:
             self.durations.append(time.monotonic() - self._trial_start)
             self.last_counts = f"trial {trial.number}{class_counts_text(trial)}"
@@ -104,11 +107,13 @@ class Display:
             if trial.state == TrialState.COMPLETE:
                 vals = ", ".join(f"{m}={_fmt(v)}" for m, v in zip(self.metric_names, trial.values))
                 self.console.print(f"trial {trial.number} COMPLETE: {vals} "
-                                   f"[{self._complete()}/{self.target}]{class_counts_text(trial)}", highlight=False)
+                                   f"[{self._complete()}/{self.target}]{class_counts_text(trial)}"
+                                   f"{display_note(trial)}", highlight=False)
             else:
                 reason = trial.user_attrs.get("fail_reason", "")
-                self.console.print(f"trial {trial.number} {trial.state.name}" + (f": {reason}" if reason else ""),
-                                   highlight=False)
+                note = display_note(trial) if trial.state == TrialState.PRUNED else ""
+                self.console.print(f"trial {trial.number} {trial.state.name}" + (f": {reason}" if reason else "")
+                                   + note, highlight=False)
         self.stage = ""
         self._refresh()
 
@@ -155,12 +160,15 @@ def pareto_table(study: optuna.Study, metric_names: list[str]) -> Table:
     split = study.user_attrs.get("search:objective_split", "test")
     table = Table(title=f"Pareto-optimal trials of {study.study_name} (objectives on the {split} split)")
     params = sorted({k for t in trials for k in t.params})
+    if any(is_snapshot(t) for t in trials):
+        params.append(SNAPSHOT_OF)  # which trial's epoch this point is (its params say the epoch)
     shown = [f"{p}_{m}" for p in ("val", "test") for m in ("accuracy", "f1", "roc_auc")]
     extra = [m for m in (*shown, "train_time_s", "test_time_s", "peak_memory_mb", "trial_memory_mb")
              if m not in metric_names and any(m in t.user_attrs for t in trials)]
     for col in ["trial", *params, *metric_names, *extra]:
         table.add_column(col, justify="right")
     for t in trials:
-        table.add_row(str(t.number), *(_fmt(t.params.get(p, "")) for p in params),
+        table.add_row(str(t.number),
+                      *(_fmt(t.user_attrs.get(p, "") if p == SNAPSHOT_OF else t.params.get(p, "")) for p in params),
                       *(_fmt(v) for v in t.values), *(_fmt(t.user_attrs.get(m, "")) for m in extra))
     return table

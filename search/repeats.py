@@ -26,6 +26,7 @@ from typing import Any
 from search.metrics import QUALITY
 
 PREFIX = "search:confirm:"
+LEGACY_ATTR = "search:confirm"  # one attribute for every trial, written before runs were stored one by one
 
 
 def attr_name(trial_number: int, seed: int) -> str:
@@ -59,9 +60,29 @@ def summarize(values: dict[int, float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": len(vals), "ci95": ci, "by_seed": {str(s): v for s, v in by_seed.items()}}
 
 
+def _legacy_runs(study_attrs: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Runs of the old single ``search:confirm`` attribute, where the values of each measure are in seed order.
+
+    Its values dropped non-finite entries, so a measure whose list is shorter than the seeds cannot be
+    paired by seed and is left out rather than shifted.
+    """
+    old = study_attrs.get(LEGACY_ATTR) or {}
+    seeds = old.get("seeds") or []
+    runs: dict[int, list[dict[str, Any]]] = {}
+    for number, entry in (old.get("trials") or {}).items():
+        per_seed = [{"params": entry.get("params", {}), "seed": s, "metrics": {}} for s in seeds]
+        for name, summary in (entry.get("metrics") or {}).items():
+            values = summary.get("values") or []
+            if len(values) == len(seeds):
+                for run, v in zip(per_seed, values):
+                    run["metrics"][name] = v
+        runs[int(number)] = per_seed
+    return runs
+
+
 def confirmed(study_attrs: dict[str, Any]) -> dict[str, Any]:
     """Every stored repeat, per trial: params, the seeds run, the seeds that failed, and a summary per measure."""
-    runs: dict[int, list[dict[str, Any]]] = {}
+    runs = _legacy_runs(study_attrs)
     for key, value in study_attrs.items():
         if key.startswith(PREFIX):
             number = int(key[len(PREFIX):].split(":")[0])

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from search import config as cfg
-from search import data, features, signals
+from search import data, features, signals, snapshots
 from search.errors import Interrupted, SearchError, StorageError, UsageError
 
 MAX_WORKERS_PER_CORE = 4
@@ -216,7 +216,8 @@ def _run(args: argparse.Namespace, trial_target: str | None) -> int:
         Console(width=None if sys.stdout.isatty() else 200).print(pareto_table(study, config.metric_names))
     display.message(f"{summary.complete_after}/{target} COMPLETE trials "
                     f"({summary.complete_after - summary.complete_before} this run; stopped by {summary.stopped_by})"
-                    + (f"; retried lost trials {summary.retried}" if summary.retried else ""))
+                    + (f"; retried lost trials {summary.retried}" if summary.retried else "")
+                    + snapshots.summary_text(study))
     return 0
 
 

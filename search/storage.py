@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ def storage_url(flag: str | None) -> str:
     return flag or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
-def check_url(url: str) -> str:
-    """Validate ``url`` without touching anything; return the URL SQLAlchemy should get."""
+def parse_url(url: str):
+    """``url`` as a SQLAlchemy URL of a supported database (the installed PostgreSQL driver chosen)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -60,9 +61,21 @@ def check_url(url: str) -> str:
     backend = u.get_backend_name()
     if backend not in ("sqlite", "postgresql", "mysql"):
         raise UsageError(f"--storage: unsupported database {backend!r}; use sqlite, postgresql or mysql")
-    if backend == "sqlite":
-        if not u.database or u.database == ":memory:":
-            raise UsageError("--storage: an in-memory SQLite database would lose the study; name a file")
+    if backend == "sqlite" and (not u.database or u.database == ":memory:"):
+        raise UsageError("--storage: an in-memory SQLite database would lose the study; name a file")
+    if backend == "postgresql" and u.get_driver_name() == "psycopg2":
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:  # psycopg 3 is the dependency; the plain URL would ask for psycopg2
+            u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def check_url(url: str) -> str:
+    """Validate ``url`` for a run (a SQLite file must be writable or creatable) without touching anything;
+    return the URL SQLAlchemy should get."""
+    u = parse_url(url)
+    if u.get_backend_name() == "sqlite":
         path = Path(u.database)
         if not path.parent.is_dir():
             raise UsageError(f"--storage: directory {path.parent} does not exist")
@@ -70,11 +83,6 @@ def check_url(url: str) -> str:
             raise StorageError(f"--storage: database file {path} is read-only")
         if not path.exists() and not os.access(path.parent, os.W_OK):
             raise StorageError(f"--storage: cannot create {path}: directory is not writable")
-    if backend == "postgresql" and u.get_driver_name() == "psycopg2":
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            u = u.set(drivername="postgresql+psycopg")
     return u.render_as_string(hide_password=False)
 
 
@@ -134,6 +142,41 @@ def open_existing(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_table_creation=True)
     except Exception as e:  # driver-specific errors all mean "cannot open"
         raise StorageError(f"--storage: cannot open {mask(url)}: {mask(_first_line(e))}") from None
+
+
+def open_readonly(url: str) -> optuna.storages.RDBStorage:
+    """An existing storage opened read-only where the database allows it (report, dashboard).
+
+    SQLite with ``mode=ro`` (a missing file is a UsageError and nothing is created); PostgreSQL with
+    read-only transactions; MySQL, which has no such mode here, without creating tables.
+    """
+    u = parse_url(url)
+    url = u.render_as_string(hide_password=False)
+    engine_kwargs: dict[str, Any]
+    if u.get_backend_name() == "sqlite":
+        db = Path(u.database)
+        if not db.is_file():
+            raise UsageError(f"--storage: no database at {db}; run `python -m search.run --study NAME` first "
+                             f"or pass --storage")
+        # A URI connection is the only way to open SQLite read-only; building it ourselves keeps
+        # paths with '#', '?' or '%' intact, which a SQLAlchemy URL would re-interpret.
+        uri = f"file:{urllib.parse.quote(str(db.resolve()))}?mode=ro"
+        engine_kwargs = {"creator": lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT_S,
+                                                             check_same_thread=False)}
+    elif u.get_backend_name() == "postgresql":
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"options": "-c default_transaction_read_only=on"}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+    except Exception as e:  # drivers raise their own types; all mean "cannot read this database"
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        first = _first_line(cause)
+        if "no such table" in first or ("relation" in first and "does not exist" in first):
+            raise StorageError(f"--storage: {mask(url)} is not an Optuna storage ({mask(first)})") from None
+        raise StorageError(f"--storage: cannot open {mask(url)}: {mask(first)}") from None
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search import augment, data, features, head, isolate, metrics
+from search import augment, data, features, head, isolate, metrics, snapshots
 
 Report = Callable[..., None]
 
@@ -48,6 +48,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     # Augmented training rows (views from the view cache, or images through the backbone) are search.augment's;
     # validation and test rows are always the plain cached features.
     augmented = augment.training(spec, mode, split.fit, store, handling, seed, report) if mode != "none" else None
+    report(stage="copying rows")
     x_train, y_train = (store.take(split.fit), y[split.fit]) if augmented is None else (None, None)
     x_eval = store.take(split.val if split.val is not None else split.test)
     x_test = store.take(split.test) if split.val is not None else x_eval
@@ -59,14 +60,26 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     fit_counts = augmented.fit_counts if augmented is not None else data.class_counts(y_train, spec["n_classes"])
 
     y_eval = y[split.val if split.val is not None else split.test]
+    y_test = y[split.test]
     eval_key = f"{metrics.SPLIT_PREFIX[objective_split]}_accuracy"
     curve: list[float] = []
+    snaps = snapshots.EpochSnapshots(spec.get("snapshots"))
 
     def after_epoch(epoch: int, model: Any) -> bool:
         # The paper's training curves: accuracy on the evaluation split after each epoch.
-        proba, _ = head.predict(model, x_eval)
+        proba, took = head.predict(model, x_eval)
         curve.append(float(np.mean(proba.argmax(axis=1) == y_eval)))
-        return False
+        if not snaps.wants(epoch):
+            return False
+        # An epoch snapshot (search.snapshots): this epoch's model as an e-epoch trial, from the same prediction.
+        measures = metrics.prefixed(metrics.evaluate(y_eval, proba, spec["n_classes"], split.reduced),
+                                    objective_split)
+        times = {f"{metrics.SPLIT_PREFIX[objective_split]}_time_s": took}
+        if split.val is not None:
+            test_proba, times["test_time_s"] = head.predict(model, x_test)
+            measures.update(metrics.prefixed(metrics.evaluate(y_test, test_proba, spec["n_classes"],
+                                                              split.reduced), "test"))
+        return snaps.add(epoch, measures, times)  # True: early stopping ends training at this rung
 
     hp = head_params(p)
     report(stage="training", epoch=0, epochs=hp.epochs)
@@ -90,7 +103,6 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     test_time = eval_time
     if split.val is not None:
         test_proba, test_time = head.predict(model, x_test)
-        y_test = y[split.test]
         splits["test"] = {"y": y_test, "proba": test_proba,
                           "measures": metrics.evaluate(y_test, test_proba, spec["n_classes"], split.reduced)}
 
@@ -111,6 +123,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
         augmentation=mode, views=augmented_views,
         train_class_counts=split.train_counts, fit_class_counts=fit_counts,
         test_class_counts=data.class_counts(y[split.test], spec["n_classes"]))
+    result.update(snaps.result(fit.history["epoch_time_s"], fit.train_time_s))
     if split.val is not None:
         result.update(val_time_s=eval_time, n_val=int(len(split.val)),
                       val_class_counts=data.class_counts(y[split.val], spec["n_classes"]))

@@ -122,6 +122,7 @@ def run_workers(args: Any, study: Any, display: Any, config: Any, target: int, s
 
     from search import study as st
     from search.errors import Interrupted
+    from search.snapshots import summary_text as snapshot_summary
     from search.storage import STORAGE_ENV, dispose
 
     n = args.workers
@@ -211,7 +212,8 @@ def run_workers(args: Any, study: Any, display: Any, config: Any, target: int, s
     stopped_by = ("target" if done >= target else "timeout" if config.run.timeout is not None
                   else "sampler has nothing left to try" if all(c == 0 for c in codes) else "lost workers")
     pool.message(f"{done}/{target} COMPLETE trials ({done - complete_before} this run by {n} workers; "
-                 f"stopped by {stopped_by})" + (f"; retried lost trials {sorted(set(retried))}" if retried else ""))
+                 f"stopped by {stopped_by})" + (f"; retried lost trials {sorted(set(retried))}" if retried else "")
+                 + snapshot_summary(study))
     if done < target and stopped_by == "lost workers":
         print(f"error: every worker ended before the target ({', '.join(_describe_exit(c) for c in codes)})",
               file=sys.stderr)
@@ -249,6 +251,7 @@ def _adopt_display(display: Any, n_workers: int) -> Any:
     from optuna.trial import TrialState
 
     from search.progress import Display
+    from search.snapshots import is_snapshot
 
     class PoolDisplay(Display):
         def start(self, study, target, metric_names) -> None:
@@ -269,6 +272,8 @@ def _adopt_display(display: Any, n_workers: int) -> Any:
                     self._ended.add(t._trial_id)
                     if t.state == TrialState.PRUNED and t._trial_id not in self._announced:
                         continue  # a worker found the target already claimed: no news
+                    if is_snapshot(t):
+                        continue  # an epoch snapshot: announced with its parent, no trial time of its own
                     took = (t.duration.total_seconds() if t.duration else 0.0) / max(1, self.n_workers)
                     self._trial_start = time.monotonic() - took  # Display's ETA: per-trial time / workers
                     self.on_trial_end(self.study, t)
