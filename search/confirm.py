@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import optuna
 
-    from search import features, repeats, storage
+    from search import augment, features, repeats, storage
     from search import objective as obj
     from search.config import StudyConfig, check_study_name
     from search.data import DATASETS
@@ -65,15 +65,22 @@ def _run(args: argparse.Namespace) -> int:
     cache_dir = (args.cache_dir or features.default_cache_dir()).resolve()
     key = features.cache_key(config.dataset.name, config.dataset.subset, config.preprocessing.name,
                              config.preprocessing.resize, weights, ident["data_fingerprint"], runtime)
-    try:
-        features.FeatureStore(cache_dir, key).verify_all()
-    except SearchError as e:
-        raise DataError(f"features of study {args.study!r} are not usable in {cache_dir} ({key}): {e}; "
-                        f"run search.run for it with the same --cache-dir first") from None
+    # Augmented trials also need the view cache (views) or the images and the real weights (online).
+    modes = augment.modes_used(config)
+    views_key = augment.view_key(config, weights, ident["data_fingerprint"], runtime) if "views" in modes else None
+    for entry in filter(None, (key, views_key)):
+        try:
+            features.FeatureStore(cache_dir, entry).verify_all()
+        except SearchError as e:
+            raise DataError(f"features of study {args.study!r} are not usable in {cache_dir} ({entry}): {e}; "
+                            f"run search.run for it with the same --cache-dir first") from None
+    online_weights = features.resolve_weights(config.backbone.weights) if "online" in modes else weights
+    extra = augment.extra_spec(config, views_key=views_key, weights=online_weights,
+                               fingerprint=ident["data_fingerprint"], data_dir=None)
     chosen = _choose(study, args)
     info = DATASETS[config.dataset.name]
     ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=info.n_classes,
-                      class_names=info.class_names, target=0, debug=args.debug)
+                      class_names=info.class_names, target=0, debug=args.debug, extra_spec=extra)
     seeds = [config.training.seed + i for i in range(1, args.seeds + 1)]
     for t in chosen:
         params = t.user_attrs["resolved_params"]

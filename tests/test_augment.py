@@ -385,3 +385,11 @@ def test_views_and_online_trials_complete_through_the_cli(tmp_path):
     # the online trial ran its backbone on the extraction backend, the views trial on the trials' (JAX)
     assert trials["online"].user_attrs["keras_backend"] == features.extraction_backend()
     assert trials["views"].user_attrs["keras_backend"] == "jax"
+
+    # search.confirm repeats a views trial with another seed: it finds the view cache too
+    c = subprocess.run([sys.executable, "-m", "search.confirm", "--study", "aug", "--storage",
+                        f"sqlite:///{tmp_path / 'db.sqlite'}", "--cache-dir", str(tmp_path / "cache"),
+                        "--trials", str(trials["views"].number), "--seeds", "1"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
+    assert "FAILED" not in c.stderr
