@@ -229,7 +229,7 @@ def _machine() -> dict[str, Any]:
 def _fmt_ci(s: dict[str, Any], digits: int = 3) -> str:
     if s["ci95"] is None:
         return f"{s['mean']:.{digits}f} (n={s['n']})"
-    lo, hi = s["ci95"]
+    lo, hi = s["ci95"] if s["std"] > 0 else (s["mean"], s["mean"])  # scipy gives NaN for a zero spread
     return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 

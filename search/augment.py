@@ -70,6 +70,8 @@ def augmenter(rotation: float, shift: float, horizontal_flip: bool, seed: int):
         layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1))
     if horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
+    if len(layers) == 1:  # every transformation off: a model still, so callers need no special case
+        layers.append(keras.layers.Identity())
     return keras.Sequential(layers, name="augmentation")
 
 

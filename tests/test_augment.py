@@ -124,16 +124,19 @@ def test_view_draws_are_seeded_per_trial_and_epoch():
     assert augment.view_seed(0, 0) != augment.view_seed(0, 1) != augment.view_seed(1, 1)
 
 
-def _extract_views(data_dir: Path, out: Path, seed: int, views: int = 2) -> np.ndarray:
+def _extract_views(data_dir: Path, out: Path, seed: int, views: int = 2, paper: bool = True) -> np.ndarray:
+    """A view cache (or, with ``views=0``, the plain cache) of the images in ``data_dir``, by the service's jobs."""
     from search.isolate import run_isolated
 
     out.mkdir()
-    settings = augment.view_settings({"rotation": 20.0, "shift": 0.2, "horizontal_flip": True, "views": views},
-                                      seed=seed)
+    aug = (20.0, 0.2, True) if paper else (0.0, 0.0, False)
+    settings = augment.view_settings({"rotation": aug[0], "shift": aug[1], "horizontal_flip": aug[2],
+                                      "views": views}, seed=seed)
     spec = {"dataset": "fashion_mnist", "data_dir": str(data_dir), "subset": 0, "subset_seed": 0,
             "preprocessing": "unit", "resize": "bilinear", "weights": vars(features.resolve_weights("random")),
             "views": settings, "out_dir": str(out)}
-    run_isolated("search.features:extract_views_job", spec, env={"KERAS_BACKEND": "tensorflow"})
+    job = "search.features:extract_views_job" if views else "search.features:extract_job"
+    run_isolated(job, spec, env={"KERAS_BACKEND": "tensorflow"})
     return np.load(out / "features.npy")
 
 
@@ -148,6 +151,10 @@ def test_extracted_views_are_seeded(tmp_path):
     assert not np.allclose(a, c)
     assert not np.allclose(a[0], a[1])
     assert np.array_equal(np.load(tmp_path / "a" / "labels.npy"), np.load(tmp_path / "c" / "labels.npy"))
+    # Without augmentation a view is the plain feature of the same row: same images, order and preprocessing.
+    plain = _extract_views(data_dir, tmp_path / "plain", seed=0, views=0)
+    identity = _extract_views(data_dir, tmp_path / "identity", seed=0, views=1, paper=False)
+    np.testing.assert_allclose(identity[0], plain, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- the view cache is verified like the plain one
@@ -393,3 +400,29 @@ def test_views_and_online_trials_complete_through_the_cli(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
     assert "FAILED" not in c.stderr
+
+
+# ---------------------------------------------------------------- the views-vs-online benchmark's pieces
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # scipy on a zero spread
+def test_benchmark_arms_and_table():
+    from benchmarks import augmentation as bench
+    from search.config import load_config
+
+    base = load_config(bench.BASE_STUDY, ROOT / "study_configs")
+    c = bench.arm_config(base, "views", 8, 5, 5000, "random")
+    assert (c.augmentation.mode, c.augmentation.views, c.training.epochs, c.dataset.subset) == ("views", 8, 5, 5000)
+    assert (c.balance.mode, c.head.dropout, c.backbone.weights, c.arms) == ("balanced", 0.0, "random", {})
+    runs = [{"arm": arm, "seed": s, "test_accuracy": acc + 0.01 * s, "test_roc_auc": 0.9, "train_time_s": 1.0,
+             "peak_memory_mb": 500.0, "keras_backend": "jax"}
+            for arm, acc in (("views V=1", 0.70), ("online", 0.72)) for s in range(3)]
+    res = {"settings": {"n_images": 5000, "base": "fmnist_balance:balanced", "epochs": 5, "seeds": 3,
+                        "weights": "random(seed=0)"},
+           "machine": {"cores": 2, "cpu": "x", "date": "d"}, "runs": runs,
+           "extraction": {"plain": None, "views V=1": {"images": 5000, "wall_s": 13.0, "images_per_s": 390.0,
+                                                       "steady": True, "peak_memory_mb": 1000.0, "size_mb": 39.0}}}
+    md = bench.markdown(res, "python -m benchmarks.augmentation")
+    assert md.startswith("`python -m benchmarks.augmentation`")
+    assert "| views V=1 (jax) | 0.710 [0.685, 0.735] | -0.020 [-0.020, -0.020] |" in md
+    assert "| online (jax) | 0.730 [0.705, 0.755] |  |" in md
+    assert "| plain | cached before this run: not measured |" in md and "| views V=1 | 5,000 | 13.0 | 390 |" in md
