@@ -21,8 +21,6 @@ from tests.conftest import ROOT
 from tests.test_report_fixtures import IMAGENET, RANDOM, add, attrs, new_study, sqlite
 
 PAPER_TXT = ROOT.parent / "shared" / "paper.txt"
-# Paper studies whose config arrives with another change (issue 11.3); listed so that it is not forgotten.
-PENDING_CONFIGS = {"fmnist_reg_paper"}
 
 
 def paper_text(path=None) -> str:
@@ -128,7 +126,7 @@ def test_paper_toml_describes_every_measure_and_every_row_can_be_matched():
 def test_paper_studies_have_their_configs():
     table = paper.load_paper()
     missing = {n for n in table["studies"] if not (ROOT / "study_configs" / f"{n}.toml").is_file()}
-    assert missing <= PENDING_CONFIGS
+    assert missing == set()
 
 
 def test_paper_table_is_found_by_config_name_or_study_name():
