@@ -368,3 +368,55 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.communicate()
+
+
+@pytest.fixture
+def restore_signals():
+    """For tests that run a command's main() in this process: it installs its own SIGINT/SIGTERM handlers."""
+    from search import signals
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    signals.install()  # forget a pending signal
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+@pytest.fixture
+def main_here(tmp_path, monkeypatch, capsys, restore_signals):
+    """Run a command's ``main(argv)`` in this process, in an empty working directory, as the CLI would.
+
+    Returns (exit code, stderr).  For bad input, which must fail before anything is read or created.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for k, v in cli_env().items():
+        if k != "PYTHONPATH":
+            monkeypatch.setenv(k, v)
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.delenv("SEARCH_STORAGE", raising=False)
+
+    def call(main: Callable[[list[str]], int], *argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse
+            code = e.code
+        return code, capsys.readouterr().err
+
+    call.work = work  # type: ignore[attr-defined]
+    return call
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> tuple[str, subprocess.CompletedProcess, Path]:
+    """The real ``smoke`` study (2,000 real Fashion-MNIST images, 3 real trials), run once per session.
+
+    Returns (storage URL, the completed command, its directory).  Shared by the end-to-end and browser tests.
+    """
+    requires("fashion")
+    tmp = tmp_path_factory.mktemp("smoke")
+    storage = f"sqlite:///{tmp / 'smoke.db'}"
+    r = run_cli("--study", "smoke", "--storage", storage, "--cache-dir", str(tmp / "cache"), cwd=tmp, timeout=1500)
+    return storage, r, tmp
