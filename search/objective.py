@@ -160,9 +160,12 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
         try:
             with signals.interruptible():  # owner recorded: from here a signal may stop the trial
                 suggested = suggest(trial, ctx.config)
-                if grid and (other := duplicate_of(trial, suggested)) is not None:
-                    # Optuna's GridSampler re-samples a done point once the grid looks exhausted.
-                    raise optuna.TrialPruned(f"grid point already done by trial {other}")
+                # Optuna's GridSampler re-samples a done point once the grid looks exhausted; and processes
+                # recovering one lost trial at once may each queue a retry of it: run such a point once.
+                retry = "retry_history" in trial.storage.get_trial_system_attrs(trial._trial_id)
+                if (grid or retry) and (other := duplicate_of(trial, suggested)) is not None:
+                    raise optuna.TrialPruned(f"{'grid point' if grid else 'retried parameters'} already done "
+                                             f"by trial {other}")
                 params = resolve_params(ctx.config, suggested)
                 trial.set_user_attr("resolved_params", params)
                 on_event({"event": "trial", "number": trial.number, "params": params})
