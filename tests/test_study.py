@@ -376,3 +376,65 @@ def test_a_grid_is_never_completed_by_a_duplicate(storage, tmp_path):
         _run(study, config, stand_in_runner(big_l2_fails))
     complete = [t.params["l2"] for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert complete == [0.0]
+
+
+# ---------------------------------------------------------------- a lost trial is retried once, whoever recovers it
+
+RECOVER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import optuna
+from search import storage, study
+s = optuna.load_study(study_name="s", storage=storage.open_storage({url!r}, heartbeat_interval=1))
+while time.time() < {go}:
+    pass
+study.recover_dead_trials(s)
+"""
+
+
+def _lost_trial(study) -> optuna.trial.FrozenTrial:
+    study.enqueue_trial({"dropout": 0.3, "l2": 0.0})
+    trial = study.ask()
+    trial.suggest_float("dropout", 0.1, 0.7)
+    trial.suggest_categorical("l2", [0.0, 1e-4])
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+                                         {"host": socket.gethostname(), "pid": _dead_pid(), "started": 0.0})
+    return study.get_trials()[-1]
+
+
+def _count_runs():
+    seen = []
+    return seen, stand_in_runner(lambda spec: seen.append(spec["params"]["dropout"]))
+
+
+def test_a_lost_trial_queued_twice_is_still_trained_once(storage, tmp_path):
+    """The state concurrent recoveries leave (several WAITING copies of one lost trial): one copy trains."""
+    config = _config(tmp_path)
+    study = _new(storage, config)
+    lost = _lost_trial(study)
+    from search.trials import RetryCallback, fail_and_retry
+
+    fail_and_retry(study, lost, "owner process died")
+    RetryCallback()(study, study.get_trials()[0])  # a second process queued it too
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
+    seen, runner = _count_runs()
+    _run(study, config, runner, n=3)
+    assert seen.count(0.3) == 1
+    assert [t.params["dropout"] for t in study.get_trials(states=(TrialState.COMPLETE,))].count(0.3) == 1
+
+
+def test_processes_recovering_a_lost_trial_at_once_get_it_trained_once(storage, url, tmp_path):
+    """--workers N: the parent and every worker recover dead trials; together they must not multiply them."""
+    from .conftest import ROOT
+
+    config = _config(tmp_path)
+    study = _new(storage, config)
+    _lost_trial(study)
+    go = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", RECOVER.format(root=str(ROOT), url=url, go=go)])
+             for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    seen, runner = _count_runs()
+    _run(study, config, runner, n=3)
+    assert seen.count(0.3) == 1
+    assert [t.params["dropout"] for t in study.get_trials(states=(TrialState.COMPLETE,))].count(0.3) == 1
