@@ -123,8 +123,10 @@ def trial_timeout(study: optuna.Study, config: StudyConfig) -> float | None:
     """run.trial_timeout, else 10x the slowest COMPLETE trial so far (none before the first)."""
     if config.run.trial_timeout is not None:
         return config.run.trial_timeout
+    # A result kept for a trial failed by another process (recovered_from) was recorded, not run, in its time.
     durations = [t.duration.total_seconds() for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.duration and counted(t)]
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.duration and counted(t) and "recovered_from" not in t.user_attrs]
     return TIMEOUT_FACTOR * max(durations) if durations else None
 
 
