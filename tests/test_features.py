@@ -225,6 +225,7 @@ def test_preprocessing_unit_and_caffe():
     assert c.min() < -50  # mean-subtracted 0-255 inputs, as the ImageNet weights expect
 
 
+@pytest.mark.slow  # builds ResNet50 in this process (~15 s)
 def test_cached_head_equals_backbone_in_the_loop():
     """The cache changes the cost, not the result: same seed, same predictions."""
     import keras

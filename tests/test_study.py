@@ -129,7 +129,21 @@ def test_check_resume_refuses_before_any_work_and_creates_nothing(tmp_path, url,
         st.check_resume(url, "s", study_identity(config, "random(seed=0)", "fp", {**RUNTIME, "keras": "4"}))
 
 
-def test_a_study_this_service_did_not_create_is_not_taken_over(storage, tmp_path):
+class _FastClock:
+    """search.study's clock, sped up: it waits up to 10 s for the identity of a study another process creates."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_study_this_service_did_not_create_is_not_taken_over(storage, tmp_path, monkeypatch):
+    monkeypatch.setattr(st, "time", _FastClock())
     config = _config(tmp_path)
     foreign = optuna.create_study(study_name="s", storage=storage, directions=config.directions)
     foreign.set_user_attr("owner", "someone else")

@@ -87,8 +87,7 @@ def test_test_protocol_is_the_papers(cache):
 @pytest.mark.parametrize("handling, fit_counts", [
     ("none", [36] * 5 + [9] * 5),          # step rho 4 on 36 per class: floor(36 / 4) = 9
     ("class_weight", [36] * 5 + [9] * 5),  # the loss is weighted, the rows unchanged
-    ("oversample", [36] * 10),             # every class up to the largest
-    ("smote", [36] * 10),
+    ("smote", [36] * 10),                  # every class up to the largest (RandomOverSampler: tests/test_data.py)
 ])
 def test_imbalance_and_its_handling_touch_the_training_rows_only(cache, handling, fit_counts):
     r = _run(spec(cache, balance="imbalanced", handling=handling, epochs=1))
