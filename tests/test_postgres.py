@@ -141,7 +141,7 @@ def test_four_workers_complete_exactly_the_target_on_postgres(pg, tiny):
 
 @pytest.mark.slow
 def test_a_killed_workers_trial_is_retried_by_another_worker_postgres(pg, tiny):
-    scenario_killed_worker(pg, tiny)
+    scenario_killed_worker(tiny, pg)
 
 
 @pytest.mark.slow
