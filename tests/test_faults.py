@@ -85,39 +85,53 @@ def test_a_hung_trial_is_killed_at_its_time_limit_retried_then_the_run_stops(tin
 
 # ---------------------------------------------------------------- another process fails a live trial
 
-FAIL_IT = """
-import sys
+PEER = """
+import sys, time
 sys.path.insert(0, {root!r})
 import optuna
+from optuna.trial import TrialState
 from search import storage, trials
-study = optuna.load_study(study_name="tiny", storage=storage.open_storage({url!r}))
-(t,) = [t for t in study.get_trials() if t.number == {number}]
-print(trials.fail_and_retry(study, t, "heartbeat silent for 3 s", kind="lost"))
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+s = storage.open_storage({url!r})
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        study = optuna.load_study(study_name="tiny", storage=s)
+    except KeyError:
+        time.sleep(0.1)
+        continue
+    running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and "resolved_params" in t.user_attrs]
+    if running:
+        print(running[0].number, trials.fail_and_retry(study, running[0], "heartbeat silent for 3 s", kind="lost"))
+        break
+    time.sleep(0.1)
 """
 
 
 def test_a_live_trial_failed_by_another_process_keeps_its_result_and_the_run_goes_on(tiny):
     """Issue 15: what a peer's stale-trial sweep (or a hostname clash) does to a trial that is still running."""
     cfg = tiny.config(n_trials=2)
+    # The peer is another process, started first, that fails the first trial it sees running.
+    peer = subprocess.Popen([sys.executable, "-c", PEER.format(root=str(ROOT), url=tiny.storage)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = tiny.stand_in_popen(*tiny.args(cfg, "--heartbeat", "1"), seconds=4)
     try:
-        victim = wait_for(lambda: _running(tiny), 120, "trial 0 running", proc)[0]
-        peer = subprocess.run([sys.executable, "-c", FAIL_IT.format(root=str(ROOT), url=tiny.storage,
-                                                                    number=victim.number)],
-                              capture_output=True, text=True, timeout=120)
-        assert peer.stdout.strip() == "True", peer.stderr
+        peer_out, peer_err = peer.communicate(timeout=180)
         out, err = proc.communicate(timeout=300)
     finally:
+        stop(peer)
         stop(proc)
+    number, failed_it = peer_out.split()
+    assert failed_it == "True", peer_err
     assert proc.returncode == 0, err[-3000:]
     assert "Traceback" not in err and "Cannot tell" not in err
     trials = _trials(tiny)
+    victim = next(t for t in trials if t.number == int(number))
+    assert victim.state == TrialState.FAIL and victim.user_attrs["fail_reason"] == "heartbeat silent for 3 s"
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2
     (kept,) = [t for t in complete if t.user_attrs.get("recovered_from") == victim.number]
     assert kept.params == victim.params and kept.values[0] > 0
-    failed = next(t for t in trials if t.number == victim.number)
-    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "heartbeat silent for 3 s"
     # The finished result was kept, not trained again: those parameters ran in one trial process.
     assert [r["params"]["dropout"] for r in tiny.stand_in_runs()].count(victim.params["dropout"]) == 1
 

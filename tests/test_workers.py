@@ -141,7 +141,7 @@ def scenario_killed_worker(tiny: Tiny, storage: str, name: str = "tiny") -> None
 
 def test_two_workers_share_the_target_each_on_its_own_cores_without_the_url_on_a_command_line(tiny):
     cores = sorted(os.sched_getaffinity(0))
-    args = tiny.args(tiny.config(n_trials=4), "--heartbeat", "1", "--workers", "2")
+    args = tiny.args(tiny.config(n_trials=6), "--heartbeat", "1", "--workers", "2")
     proc = tiny.stand_in_popen(*args, seconds=2)
     try:
         # Both workers inside a trial at once: poll the storage, with a generous deadline.
@@ -160,9 +160,9 @@ def test_two_workers_share_the_target_each_on_its_own_cores_without_the_url_on_a
     finally:
         stop(proc)
     assert proc.returncode == 0, err[-3000:]
-    trials = check_study(tiny.storage, "tiny", 4, 2)
+    trials = check_study(tiny.storage, "tiny", 6, 2)
     assert {t.user_attrs["threads"] for t in trials if t.state == TrialState.COMPLETE} == {max(1, len(cores) // 2)}
-    assert "4/4 COMPLETE trials (4 this run by 2 workers; stopped by target)" in err
+    assert "6/6 COMPLETE trials (6 this run by 2 workers; stopped by target)" in err
 
 
 @pytest.mark.slow
