@@ -119,6 +119,19 @@ def duplicate_of(trial: optuna.Trial, params: dict[str, Any]) -> int | None:
     return None
 
 
+def retried_by(trial: optuna.Trial) -> int | None:
+    """For a retry: another copy of the same failed trial that is COMPLETE or RUNNING with a lower number."""
+    history = trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history")
+    if not history:
+        return None
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                             optuna.trial.TrialState.RUNNING)):
+        if t.number != trial.number and t.system_attrs.get("retry_history") == history and (
+                t.state == optuna.trial.TrialState.COMPLETE or t.number < trial.number):
+            return t.number
+    return None
+
+
 def trial_timeout(study: optuna.Study, config: StudyConfig) -> float | None:
     """run.trial_timeout, else 10x the slowest COMPLETE trial so far (none before the first)."""
     if config.run.trial_timeout is not None:
@@ -162,12 +175,12 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
         try:
             with signals.interruptible():  # owner recorded: from here a signal may stop the trial
                 suggested = suggest(trial, ctx.config)
-                # Optuna's GridSampler re-samples a done point once the grid looks exhausted; and processes
-                # recovering one lost trial at once may each queue a retry of it: run such a point once.
-                retry = "retry_history" in trial.storage.get_trial_system_attrs(trial._trial_id)
-                if (grid or retry) and (other := duplicate_of(trial, suggested)) is not None:
-                    raise optuna.TrialPruned(f"{'grid point' if grid else 'retried parameters'} already done "
-                                             f"by trial {other}")
+                if grid and (other := duplicate_of(trial, suggested)) is not None:
+                    # Optuna's GridSampler re-samples a done point once the grid looks exhausted.
+                    raise optuna.TrialPruned(f"grid point already done by trial {other}")
+                if (other := retried_by(trial)) is not None:
+                    # Processes recovering one lost trial at once may each queue a retry of it.
+                    raise optuna.TrialPruned(f"this retry already runs or ran as trial {other}")
                 params = resolve_params(ctx.config, suggested)
                 trial.set_user_attr("resolved_params", params)
                 on_event({"event": "trial", "number": trial.number, "params": params})
