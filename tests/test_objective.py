@@ -242,3 +242,22 @@ def test_measures_are_the_result_plus_what_the_process_measured():
     out = Outcome({"val_accuracy": 0.5, "pictures": ["/tmp/x.png"]}, peak_memory_mb=900.0, start_memory_mb=50.0,
                   baseline_memory_mb=None, trial_memory_mb=None, cpu_time_s=3.0)
     assert obj.measures(out) == {"val_accuracy": 0.5, "peak_memory_mb": 900.0, "cpu_time_s": 3.0}
+
+
+def test_a_retry_runs_once_even_when_queued_twice_but_other_trials_may_share_its_parameters(tmp_path):
+    config = _config(tmp_path)
+    study = _study(tmp_path, config)
+    runner = Runner()
+    objective = obj.make_objective(_ctx(config, runner, target=10), lambda e: None)
+    study.enqueue_trial({"dropout": 0.3, "l2": 0.0})
+    study.optimize(objective, n_trials=1)  # trial 0: an unrelated trial that happens to have these parameters
+    lost = study.ask(fixed_distributions={})
+    study._storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
+    frozen = study._storage.get_trial(lost._trial_id)
+    frozen.params, frozen.distributions = {"dropout": 0.3, "l2": 0.0}, study.get_trials()[0].distributions
+    tr.RetryCallback()(study, frozen)
+    tr.RetryCallback()(study, frozen)  # queued a second time by another process
+    study.optimize(objective, n_trials=2)
+    copies = [t for t in study.get_trials() if t.system_attrs.get("retry_history") == [lost.number]]
+    assert [t.state for t in copies] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert len(runner.specs) == 2  # trial 0 and one copy of the retry: the same parameters may run twice
