@@ -124,12 +124,27 @@ def duplicate_of(trial: optuna.Trial, params: dict[str, Any]) -> int | None:
     return None
 
 
+def retried_by(trial: optuna.Trial) -> int | None:
+    """For a retry: another copy of the same failed trial that is COMPLETE or RUNNING with a lower number."""
+    history = trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history")
+    if not history:
+        return None
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                             optuna.trial.TrialState.RUNNING)):
+        if t.number != trial.number and t.system_attrs.get("retry_history") == history and (
+                t.state == optuna.trial.TrialState.COMPLETE or t.number < trial.number):
+            return t.number
+    return None
+
+
 def trial_timeout(study: optuna.Study, config: StudyConfig) -> float | None:
     """run.trial_timeout, else 10x the slowest COMPLETE trial so far (none before the first)."""
     if config.run.trial_timeout is not None:
         return config.run.trial_timeout
+    # A result kept for a trial failed by another process (recovered_from) was recorded, not run, in its time.
     durations = [t.duration.total_seconds() for t in study.get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.duration and counted(t)]
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.duration and counted(t) and "recovered_from" not in t.user_attrs]
     return TIMEOUT_FACTOR * max(durations) if durations else None
 
 
@@ -168,6 +183,9 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
                 if grid and (other := duplicate_of(trial, suggested)) is not None:
                     # Optuna's GridSampler re-samples a done point once the grid looks exhausted.
                     raise optuna.TrialPruned(f"grid point already done by trial {other}")
+                if (other := retried_by(trial)) is not None:
+                    # Processes recovering one lost trial at once may each queue a retry of it.
+                    raise optuna.TrialPruned(f"this retry already runs or ran as trial {other}")
                 params = resolve_params(ctx.config, suggested)
                 trial.set_user_attr("resolved_params", params)
                 on_event({"event": "trial", "number": trial.number, "params": params})

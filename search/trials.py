@@ -165,7 +165,9 @@ class Heartbeat:
                 self.on_error(e)
 
     def __enter__(self) -> "Heartbeat":
-        if isinstance(self.storage, optuna.storages.RDBStorage) and self.storage.get_heartbeat_interval():
+        # A study's storage is Optuna's _CachedStorage around the RDBStorage: ask the storage, not its type.
+        interval = getattr(self.storage, "get_heartbeat_interval", None)
+        if callable(interval) and interval():
             self._thread.start()
         return self
 

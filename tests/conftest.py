@@ -1,23 +1,44 @@
-"""Shared fixtures: tiny datasets in the real on-disk formats, a CLI runner, the --slow switch."""
+"""Shared test set-up: the --slow switch, ``requires(...)`` for components CI installs, tiny datasets in the
+real on-disk formats, one feature cache for the whole session, and command-line runners.
+
+- ``requires("postgres" | "browser" | "fashion" | "paper" | "setpriv")`` returns the component (a URL, a
+  path, True) or, when it is missing, skips the test with the reason, except under ``CI=true``, where a
+  missing component FAILS the test: CI installs every one of them, so a skip there would hide a broken set-up.
+  ``@needs_real_fashion`` (and any ``@pytest.mark.requires(name)``) does the same before a test runs.
+- ``Tiny(tmp)``: a 250-image synthetic Fashion-MNIST, a config of fast trials over it, and the CLI; its
+  feature cache is a copy of one built once per session by the real extraction (``shared_cache``).
+- ``python -m tests.stand_in_cli``: ``search.run`` whose trial processes run ``tests.stand_ins:fast_trial``
+  (a process that sleeps instead of training): ``Tiny.stand_in(...)``.
+"""
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
+PAPER_TXT = ROOT.parent / "shared" / "paper.txt"
+STAND_IN_CLI = "tests.stand_in_cli"
 
+
+# ---------------------------------------------------------------- --slow
 
 def pytest_addoption(parser):
-    parser.addoption("--slow", action="store_true", help="also run tests marked slow (CI does)")
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI does)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,13 +50,79 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-needs_real_fashion = pytest.mark.skipif(
-    not (REAL_FASHION / "train-images-idx3-ubyte.gz").is_file(),
-    reason="real Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+# ---------------------------------------------------------------- components: skip locally, fail in CI
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def _postgres() -> tuple[Any, str]:
+    url = os.environ.get("SEARCH_TEST_POSTGRES")
+    return url, "SEARCH_TEST_POSTGRES is not set: start a server with `bash .ci/postgres.sh` (as root)"
+
+
+def _browser() -> tuple[Any, str]:
+    from tests import browser
+
+    why = browser.browser_missing()
+    return why is None, why or ""
+
+
+def _fashion() -> tuple[Any, str]:
+    ok = all((REAL_FASHION / f).is_file() for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                                    "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+    return REAL_FASHION if ok else None, f"real Fashion-MNIST missing in {REAL_FASHION}: apt-get install dataset-fashion-mnist"
+
+
+def _paper() -> tuple[Any, str]:
+    return PAPER_TXT if PAPER_TXT.is_file() else None, f"{PAPER_TXT} not present (it sits beside the repository)"
+
+
+def _setpriv() -> tuple[Any, str]:
+    # As root, file modes do not stop reads or writes; tests of "unreadable" and "read-only" drop the
+    # capabilities that bypass them (util-linux setpriv).
+    if os.geteuid() != 0:
+        return True, ""
+    return shutil.which("setpriv"), "running as root without setpriv (util-linux): file modes cannot be tested"
+
+
+COMPONENTS: dict[str, Callable[[], tuple[Any, str]]] = {
+    "postgres": _postgres, "browser": _browser, "fashion": _fashion, "paper": _paper, "setpriv": _setpriv,
+}
+
+
+def requires(component: str) -> Any:
+    """The component (URL, path or True); missing: skip with the reason, or under CI=true fail."""
+    value, why = COMPONENTS[component]()
+    if value:
+        return value
+    if in_ci():
+        pytest.fail(f"CI=true, but {component} is missing: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("requires"):
+        for component in mark.args:
+            requires(component)
+
+
+needs_real_fashion = pytest.mark.requires("fashion")
+
+
+def as_user_without_overrides() -> list[str]:
+    """Command prefix that makes file modes apply (root bypasses them): drop CAP_DAC_OVERRIDE/READ_SEARCH."""
+    if os.geteuid() != 0:
+        return []
+    requires("setpriv")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+# ---------------------------------------------------------------- tiny datasets in the real formats
 
 def _images(labels: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Noisy images whose mean brightness pattern depends on the class, so a head can learn them."""
+    """Noisy images whose bright band depends on the class, so a head can learn them."""
     n = len(labels)
     base = rng.integers(0, 60, size=(n, *shape))
     rows = shape[0]
@@ -121,23 +208,123 @@ n_trials = {n_trials}
 """
 
 
+# ---------------------------------------------------------------- one feature cache per session
+
+def cli_runtime(trial_backend: str = "jax") -> dict[str, str]:
+    """The runtime identity ``search.run`` computes under ``cli_env()`` (no $KERAS_BACKEND)."""
+    from search import features
+
+    saved = os.environ.pop("KERAS_BACKEND", None)
+    try:
+        return features.runtime_identity(trial_backend)
+    finally:
+        if saved is not None:
+            os.environ["KERAS_BACKEND"] = saved
+
+
+def tiny_cache_key(data_dir: Path, weights: str = "random") -> str:
+    """The cache entry ``search.run`` reads for the tiny config over ``data_dir``."""
+    from search import data, features
+
+    pooled = data.load_pooled("fashion_mnist", data_dir)
+    return features.cache_key("fashion_mnist", 0, "unit", "bilinear", features.resolve_weights(weights),
+                              pooled.fingerprint(), cli_runtime())
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def shared_cache() -> tuple[Path, str]:
+    """(cache_dir, key) of the real features (random-init ResNet50) of ``write_fashion_dir``'s default data.
+
+    Extracted once per session, by the same job ``search.run`` runs; every ``Tiny`` gets a copy.
+    """
+    if "dir" not in _SHARED:
+        from search import data, features
+        from search.isolate import run_isolated
+
+        root = Path(tempfile.mkdtemp(prefix="search-tests-cache-"))
+        atexit.register(shutil.rmtree, root, True)
+        data_dir = write_fashion_dir(root / "fmnist")
+        key = tiny_cache_key(data_dir)
+        weights = features.resolve_weights("random")
+
+        def build(tmp: Path) -> None:
+            spec = {"dataset": "fashion_mnist", "data_dir": str(data_dir), "subset": 0, "subset_seed": 0,
+                    "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights), "out_dir": str(tmp)}
+            run_isolated("search.features:extract_job", spec, env={"KERAS_BACKEND": cli_runtime()["extraction_backend"]})
+
+        features.ensure_cached(root / "cache", key, build)
+        _SHARED.update(dir=root / "cache", key=key)
+    return _SHARED["dir"], _SHARED["key"]
+
+
+def copy_shared_cache(dest: Path) -> Path:
+    """A private copy of the session's cache entry in ``dest``; returns the entry."""
+    src, key = shared_cache()
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src / key, dest / key)
+    return dest / key
+
+
+# ---------------------------------------------------------------- command lines
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run: the service's defaults (no $KERAS_BACKEND of this shell), offline."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "SEARCH_STORAGE")}
+    return {**env, "PYTHONPATH": str(ROOT), "SEARCH_OFFLINE": "1",
+            "SEARCH_CONFIGS_DIR": str(ROOT / "study_configs"), **extra}
+
+
+def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, module: str = "search.run",
+            env: dict[str, str] | None = None, prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen | None = None,
+             every: float = 0.1) -> Any:
+    """Poll ``pred`` until it returns something truthy (returned); fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}: {(err or out or '')[-3000:]}")
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
 @pytest.fixture
 def tiny(tmp_path):
-    """A tiny synthetic Fashion-MNIST, a config of fast trials over it, and a CLI runner."""
+    """A tiny synthetic Fashion-MNIST, its feature cache, a config of fast trials over it, and the CLI."""
     return Tiny(tmp_path)
 
 
 class Tiny:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, cache: bool = True):
         self.tmp = tmp
         self.data_dir = write_fashion_dir(tmp / "fmnist")
         self.cache_dir = tmp / "cache"
+        if cache:
+            self.entry = copy_shared_cache(self.cache_dir)
         self.db = tmp / "study.db"
         self.storage = f"sqlite:///{self.db}"
 
-    def config(self, n_trials: int = 3, name: str = "tiny", text: str | None = None) -> Path:
+    def config(self, n_trials: int = 3, name: str = "tiny", text: str | None = None, **replace: str) -> Path:
+        """Write a config (TINY_CONFIG unless ``text``); ``replace``: old text -> new text, applied in order."""
         path = self.tmp / f"{name}.toml"
-        path.write_text(text if text is not None else TINY_CONFIG.format(n_trials=n_trials))
+        body = text if text is not None else TINY_CONFIG.format(n_trials=n_trials)
+        for old, new in replace.items():
+            assert old in body, old
+            body = body.replace(old, new)
+        path.write_text(body)
         return path
 
     def args(self, config: Path, *extra: str) -> list[str]:
@@ -145,18 +332,91 @@ class Tiny:
                 "--cache-dir", str(self.cache_dir), *extra]
 
     def run(self, *args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """``search.run`` with the real trial."""
         return run_cli(*args, timeout=timeout, cwd=cwd or self.tmp)
 
     def popen(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=self.tmp, env=cli_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    # -- the stand-in trial (tests/stand_ins.py)
+    def stand_in_env(self, seconds: float = 0.2, **extra: str) -> dict[str, str]:
+        return cli_env(STAND_IN_S=str(seconds), STAND_IN_LOG=str(self.tmp / "stand_in.log"), **extra)
 
-def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # the service's defaults, not this shell's
-    return {**env, "PYTHONPATH": str(ROOT), "SEARCH_OFFLINE": "1", "SEARCH_CONFIGS_DIR": str(ROOT / "study_configs")}
+    def stand_in(self, *args: str, seconds: float = 0.2, timeout: float = 600, env: dict[str, str] | None = None,
+                 prefix: list[str] = ()) -> subprocess.CompletedProcess:
+        """``search.run`` with stand-in trials: the real CLI, optimize loop and storage; trials that sleep."""
+        return run_cli(*args, timeout=timeout, cwd=self.tmp, module=STAND_IN_CLI,
+                       env=env or self.stand_in_env(seconds), prefix=prefix)
+
+    def stand_in_popen(self, *args: str, seconds: float = 0.2, env: dict[str, str] | None = None,
+                       merge: bool = False) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", STAND_IN_CLI, *args], cwd=self.tmp,
+                                env=env or self.stand_in_env(seconds), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True)
+
+    def stand_in_runs(self) -> list[dict[str, Any]]:
+        """Every stand-in trial process started so far: {"pid", "params", "seed"} in start order."""
+        import json
+
+        log = self.tmp / "stand_in.log"
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
-def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def stop(proc: subprocess.Popen) -> None:
+    """End a process this test started (and reap it)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.fixture
+def restore_signals():
+    """For tests that run a command's main() in this process: it installs its own SIGINT/SIGTERM handlers."""
+    from search import signals
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    signals.install()  # forget a pending signal
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+@pytest.fixture
+def main_here(tmp_path, monkeypatch, capsys, restore_signals):
+    """Run a command's ``main(argv)`` in this process, in an empty working directory, as the CLI would.
+
+    Returns (exit code, stderr).  For bad input, which must fail before anything is read or created.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for k, v in cli_env().items():
+        if k != "PYTHONPATH":
+            monkeypatch.setenv(k, v)
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.delenv("SEARCH_STORAGE", raising=False)
+
+    def call(main: Callable[[list[str]], int], *argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse
+            code = e.code
+        return code, capsys.readouterr().err
+
+    call.work = work  # type: ignore[attr-defined]
+    return call
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> tuple[str, subprocess.CompletedProcess, Path]:
+    """The real ``smoke`` study (2,000 real Fashion-MNIST images, 3 real trials), run once per session.
+
+    Returns (storage URL, the completed command, its directory).  Shared by the end-to-end and browser tests.
+    """
+    requires("fashion")
+    tmp = tmp_path_factory.mktemp("smoke")
+    storage = f"sqlite:///{tmp / 'smoke.db'}"
+    r = run_cli("--study", "smoke", "--storage", storage, "--cache-dir", str(tmp / "cache"), cwd=tmp, timeout=1500)
+    return storage, r, tmp

@@ -1,49 +1,43 @@
-"""Fault injection through the real CLI: kill -9, Ctrl-C, SIGTERM, failing trials, failing storage, bad configs.
+"""Faults through the real command: a hung trial, a peer that fails a live trial, a dead heartbeat thread, grid
+points that keep failing, kill -9, Ctrl-C and SIGTERM, a failing storage write, and bad configs on a stored study.
 
-Each test runs ``python -m search.run`` on a tiny synthetic Fashion-MNIST and
-checks the SQLite file afterwards the way a user would: with plain Optuna and
-with ``PRAGMA integrity_check``.
+The trial is the stand-in (``python -m tests.stand_in_cli``) except where the real trial is the point (a real
+non-finite loss); afterwards the SQLite file is checked the way a user would: with plain Optuna and
+``PRAGMA integrity_check``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 
 import optuna
+import psutil
 import pytest
 from optuna.trial import TrialState
 
-from .conftest import TINY_CONFIG
-from .test_config import BAD, SMOKE
+from search import run
+from search import storage as sto
+
+from .conftest import ROOT, TINY_CONFIG, Tiny, lines, stop, wait_for
+from .test_config import BAD, HUGE, SMOKE
 
 
-def _db_states(db) -> dict[str, int]:
-    if not db.exists():
-        return {}
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60) as con:
-        try:
-            return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
-        except sqlite3.OperationalError:  # tables not created yet
-            return {}
+def _trials(tiny: Tiny, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=tiny.storage).get_trials()
+    except KeyError:
+        return []
 
 
-def _wait_for(predicate, timeout: float, proc=None) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"run ended early ({proc.returncode}): {proc.stdout.read()[-2000:]}")
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
-
-
-def _trials(tiny, name="tiny"):
-    return optuna.load_study(study_name=name, storage=tiny.storage).get_trials()
+def _states(tiny: Tiny) -> list[TrialState]:
+    return [t.state for t in _trials(tiny)]
 
 
 def _integrity(db) -> str:
@@ -51,10 +45,14 @@ def _integrity(db) -> str:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def _assert_retried(trials, n_target):
+def _running(tiny: Tiny) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in _trials(tiny) if t.state == TrialState.RUNNING and "resolved_params" in t.user_attrs]
+
+
+def _assert_every_failure_retried(trials, target: int) -> list:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(complete) == n_target
+    assert len(complete) == target
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for f in failed:  # every interrupted trial ran again to completion, with its parameters
         retries = [c for c in complete if f.number in c.system_attrs.get("retry_history", ())]
@@ -64,85 +62,218 @@ def _assert_retried(trials, n_target):
     return failed
 
 
+# ---------------------------------------------------------------- a trial that never ends
+
+def test_a_hung_trial_is_killed_at_its_time_limit_retried_then_the_run_stops(tiny):
+    """Issue 15: --trial-timeout 5 on a trial that would sleep 60 s."""
+    cfg = tiny.config(n_trials=2, **{"[run]": "[run]\nmax_retries = 1\nmax_consecutive_failures = 2"})
+    start = time.monotonic()
+    r = tiny.stand_in(*tiny.args(cfg, "--trial-timeout", "5"), seconds=60, timeout=300)
+    assert time.monotonic() - start < 55  # never waited for the 60 s trial
+    assert r.returncode == 1
+    assert lines(r.stderr)[-1] == "error: stopped after 2 consecutive failed trials; last: timed out after 5 s"
+    assert "Traceback" not in r.stderr
+    first, retry = _trials(tiny)
+    assert (first.state, retry.state) == (TrialState.FAIL, TrialState.FAIL)
+    assert first.user_attrs["fail_reason"] == retry.user_attrs["fail_reason"] == "timed out after 5 s"
+    assert first.user_attrs["fail_kind"] == "timeout"
+    # Retried once with the same parameters (run.max_retries = 1), then not again: nothing is left queued.
+    assert retry.params == first.params and retry.system_attrs["retry_history"] == [first.number]
+    for run_ in tiny.stand_in_runs():  # the trial processes were killed, not left sleeping
+        assert not psutil.pid_exists(run_["pid"]) or psutil.Process(run_["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+# ---------------------------------------------------------------- another process fails a live trial
+
+PEER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import optuna
+from optuna.trial import TrialState
+from search import storage, trials
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+s = storage.open_storage({url!r})
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        study = optuna.load_study(study_name="tiny", storage=s)
+    except KeyError:
+        time.sleep(0.1)
+        continue
+    running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and "resolved_params" in t.user_attrs]
+    if running:
+        print(running[0].number, trials.fail_and_retry(study, running[0], "heartbeat silent for 3 s", kind="lost"))
+        break
+    time.sleep(0.1)
+"""
+
+
+def test_a_live_trial_failed_by_another_process_keeps_its_result_and_the_run_goes_on(tiny):
+    """Issue 15: what a peer's stale-trial sweep (or a hostname clash) does to a trial that is still running."""
+    cfg = tiny.config(n_trials=2)
+    # The peer is another process, started first, that fails the first trial it sees running.
+    peer = subprocess.Popen([sys.executable, "-c", PEER.format(root=str(ROOT), url=tiny.storage)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = tiny.stand_in_popen(*tiny.args(cfg, "--heartbeat", "1"), seconds=4)
+    try:
+        peer_out, peer_err = peer.communicate(timeout=180)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        stop(peer)
+        stop(proc)
+    number, failed_it = peer_out.split()
+    assert failed_it == "True", peer_err
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "Cannot tell" not in err
+    trials = _trials(tiny)
+    victim = next(t for t in trials if t.number == int(number))
+    assert victim.state == TrialState.FAIL and victim.user_attrs["fail_reason"] == "heartbeat silent for 3 s"
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2
+    (kept,) = [t for t in complete if t.user_attrs.get("recovered_from") == victim.number]
+    assert kept.params == victim.params and kept.values[0] > 0
+    # The finished result was kept, not trained again: those parameters ran in one trial process.
+    assert [r["params"]["dropout"] for r in tiny.stand_in_runs()].count(victim.params["dropout"]) == 1
+
+
+def test_a_dead_optuna_heartbeat_thread_does_not_get_a_live_trial_failed(tiny):
+    """Issue 15: Optuna's heartbeat thread ends on its first failed write; the service's heartbeat keeps the
+    trial alive while another process sweeps stale trials every half second."""
+    marker = tiny.tmp / "optuna-heartbeat-broken"
+    cfg = tiny.config(n_trials=1)
+    env = tiny.stand_in_env(6, STAND_IN_BREAK_OPTUNA_HEARTBEAT=str(marker))
+    proc = tiny.stand_in_popen(*tiny.args(cfg, "--heartbeat", "1"), env=env)
+    storage = sto.open_storage(tiny.storage, heartbeat_interval=1)  # grace 3 s, as the run's
+    sweeps = 0
+    try:
+        wait_for(lambda: _running(tiny), 120, "the trial running", proc)
+        study = optuna.load_study(study_name="tiny", storage=storage)
+        while proc.poll() is None:
+            failed = optuna.storages.fail_stale_trials(study)
+            sweeps += 1
+            assert not failed, "a live trial was failed as stale"
+            time.sleep(0.5)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+        sto.dispose(storage)
+    assert marker.read_text().startswith("optuna heartbeat of trial id")  # the thread did die
+    assert sweeps >= 8  # swept through the trial's 6 s, past the 3 s grace period
+    assert proc.returncode == 0, err[-3000:]
+    assert _states(tiny) == [TrialState.COMPLETE]
+
+
+# ---------------------------------------------------------------- grids: every point once
+
+GRID = TINY_CONFIG.format(n_trials=2).replace('name = "random"', 'name = "grid"').replace(
+    'dropout = { type = "float", low = 0.1, high = 0.7 }', "").replace(
+    "choices = [0.0, 1e-4]", "choices = [0.0, 1e38]").replace("[run]", "[run]\nmax_retries = 1")
+
+
+def test_a_failing_grid_point_is_retried_then_named_and_completes_when_run_again(tiny):
+    """A point that fails every attempt (here: while a file exists, e.g. memory pressure) stops the run naming it;
+    the same command later completes it; no point is ever COMPLETE twice."""
+    cfg = tiny.config(text=GRID)
+    gate = tiny.tmp / "still-failing"
+    gate.write_text("")
+    env = tiny.stand_in_env(0.2, STAND_IN_FAIL=json.dumps({"l2": 1e38}), STAND_IN_FAIL_WHILE=str(gate))
+    r = tiny.stand_in(*tiny.args(cfg), env=env)
+    assert r.returncode == 1
+    assert lines(r.stderr)[-1] == ("error: grid point l2=1e+38 failed 2 times; "
+                                   "last: training loss became NaN/inf at epoch 1")
+    assert [(t.params["l2"], t.state) for t in _trials(tiny)] == [
+        (0.0, TrialState.COMPLETE), (1e38, TrialState.FAIL), (1e38, TrialState.FAIL)]
+    gate.unlink()
+    r = tiny.stand_in(*tiny.args(cfg), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2/2 COMPLETE trials (1 this run" in r.stderr
+    complete = [t.params["l2"] for t in _trials(tiny) if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == [0.0, 1e38]
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_no_trial(tiny):
-    n, k = 6, 3
+def test_a_grid_point_with_a_real_non_finite_loss_is_retried_and_named(tiny):
+    """Issue 10, as a user meets it: the real trial, l2 = 1e38 overflows the loss."""
+    r = tiny.run(*tiny.args(tiny.config(text=GRID)))
+    assert r.returncode == 1
+    assert lines(r.stderr)[-1] == ("error: grid point l2=1e+38 failed 2 times; "
+                                   "last: training loss became NaN/inf at epoch 1")
+    trials = _trials(tiny)
+    assert [(t.params["l2"], t.state) for t in trials] == [
+        (0.0, TrialState.COMPLETE), (1e38, TrialState.FAIL), (1e38, TrialState.FAIL)]
+    assert [t.user_attrs["fail_kind"] for t in trials[1:]] == ["nan", "nan"]
+    # Run again: the point gets a fresh budget (and fails again: its loss is non-finite), never a duplicate.
+    r = tiny.run(*tiny.args(tiny.config(text=GRID)))
+    assert r.returncode == 1 and "grid point l2=1e+38 failed" in lines(r.stderr)[-1]
+    assert [t.params["l2"] for t in _trials(tiny) if t.state == TrialState.COMPLETE] == [0.0]
+
+
+# ---------------------------------------------------------------- signals and kill -9
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_run_and_its_trial_is_retried_on_resume(tiny, sig):
+    cfg = tiny.config(n_trials=3)
+    proc = tiny.stand_in_popen(*tiny.args(cfg), seconds=60, merge=True)
+    try:
+        (running,) = wait_for(lambda: _running(tiny), 120, "a running trial", proc)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)  # the run ends on its own: no trial of 60 s is waited for
+    finally:
+        stop(proc)
+    assert proc.returncode == 128 + sig, out
+    assert lines(out)[-1] == (f"interrupted by {sig.name}: trial(s) {running.number} recorded as failed and queued "
+                              f"for retry; 0/3 COMPLETE; run the same command to resume")
+    assert "Traceback" not in out
+    stopped = _trials(tiny)
+    assert [t.state for t in stopped] == [TrialState.FAIL, TrialState.WAITING]
+    assert stopped[0].user_attrs["fail_reason"] == f"interrupted by {sig.name}"
+    assert stopped[1].params == stopped[0].params
+    assert _integrity(tiny.db) == "ok"
+    resumed = tiny.stand_in(*tiny.args(cfg))
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_every_failure_retried(_trials(tiny), 3)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_loses_no_trial(tiny):
+    n, kills = 6, 3
     rng = random.Random(1)
     cfg = tiny.config(n_trials=n)
-    for _ in range(k):
-        proc = tiny.popen(*tiny.args(cfg))
-        _wait_for(lambda: _db_states(tiny.db).get("RUNNING", 0) > 0, 300, proc)
-        time.sleep(rng.uniform(0.0, 3.0))  # somewhere inside the trial: start-up, training or metrics
+    for _ in range(kills):
+        proc = tiny.stand_in_popen(*tiny.args(cfg), seconds=2)
+        wait_for(lambda: TrialState.RUNNING in _states(tiny), 120, "a running trial", proc)
+        time.sleep(rng.uniform(0.0, 2.5))  # somewhere in the trial: start-up, sleep, recording
         proc.kill()
-        proc.wait()
-    final = tiny.run(*tiny.args(cfg))
+        proc.communicate()
+    final = tiny.stand_in(*tiny.args(cfg), seconds=0.2)
     assert final.returncode == 0, final.stderr
-    trials = _trials(tiny)
-    failed = _assert_retried(trials, n)
-    killed_running = [t for t in failed if "died" in t.user_attrs.get("fail_reason", "")]
-    assert 1 <= len(killed_running) <= k
-    assert "retried lost trials" in final.stderr or len(killed_running) < k
+    failed = _assert_every_failure_retried(_trials(tiny), n)
+    assert 1 <= len([t for t in failed if "died" in t.user_attrs.get("fail_reason", "")]) <= kills
     assert _integrity(tiny.db) == "ok"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_marks_the_trial_retriable_within_5s(tiny, sig, code):
-    cfg = tiny.config(n_trials=3)
-    proc = tiny.popen(*tiny.args(cfg))
-    _wait_for(lambda: _db_states(tiny.db).get("RUNNING", 0) > 0, 300, proc)
-    time.sleep(1.0)
-    proc.send_signal(sig)
-    marked = _wait_for(lambda: _db_states(tiny.db).get("RUNNING", 0) == 0, 30)
-    out, _ = proc.communicate(timeout=60)
-    assert marked < 5.0
-    assert proc.returncode == code, out
-    assert f"interrupted by {sig.name}" in out and "run the same command to resume" in out
-    stopped = _trials(tiny)
-    failed = [t for t in stopped if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == f"interrupted by {sig.name}"
-    assert [t.params for t in stopped if t.state == TrialState.WAITING] == [failed[0].params]
-    assert _integrity(tiny.db) == "ok"
-
-    resumed = tiny.run(*tiny.args(cfg))
-    assert resumed.returncode == 0, resumed.stderr
-    _assert_retried(_trials(tiny), 3)
-
-
-@pytest.mark.slow
-def test_interrupted_at_17_of_40_resumes_to_exactly_40(tiny):
+def test_stopped_at_17_of_40_a_resume_ends_with_exactly_40(tiny):
     cfg = tiny.config(n_trials=40)
-    proc = tiny.popen(*tiny.args(cfg))
-    _wait_for(lambda: _db_states(tiny.db).get("COMPLETE", 0) >= 17, 1800, proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+    proc = tiny.stand_in_popen(*tiny.args(cfg), seconds=0.2)
+    try:
+        wait_for(lambda: _states(tiny).count(TrialState.COMPLETE) >= 17, 900, "17 COMPLETE trials", proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        stop(proc)
     assert proc.returncode == 143
-    assert 17 <= _db_states(tiny.db)["COMPLETE"] < 40
-    r = tiny.run(*tiny.args(cfg), timeout=2400)
+    assert 17 <= _states(tiny).count(TrialState.COMPLETE) < 40
+    r = tiny.stand_in(*tiny.args(cfg), seconds=0.2, timeout=1800)
     assert r.returncode == 0, r.stderr
-    _assert_retried(_trials(tiny), 40)
+    _assert_every_failure_retried(_trials(tiny), 40)
     assert _integrity(tiny.db) == "ok"
 
 
-def test_nan_loss_fails_the_trial_and_repeated_failures_stop_with_a_reason(tiny):
-    # An L2 strength of 1e38 overflows float32 in the regularization term: every trial's loss is inf.
-    text = TINY_CONFIG.format(n_trials=5).replace("units = 32", "units = 32\nl2 = 1e38")
-    text = text.replace('l2 = {{ type = "categorical", choices = [0.0, 1e-4] }}'.replace("{{", "{").replace("}}", "}"), "")
-    text = text.replace("[run]", "[run]\nmax_consecutive_failures = 2")
-    r = tiny.run(*tiny.args(tiny.config(text=text)))
-    assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("error: stopped after 2 consecutive failed trials; last: ")
-    trials = _trials(tiny)
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    assert all("nan" in t.user_attrs["fail_reason"].lower() or "inf" in t.user_attrs["fail_reason"].lower()
-               for t in trials)
+# ---------------------------------------------------------------- storage and config faults
 
-
-def test_storage_write_failing_at_the_end_of_a_trial_is_reported(tiny, monkeypatch, capsys):
+def test_a_storage_write_failing_at_the_end_of_a_trial_is_reported(tiny, main_here, monkeypatch):
     """Optuna hides this behind AssertionError('Should not reach.'); the user sees the real error."""
-    from search import run
-
-    cfg = tiny.config(n_trials=1)
     real = optuna.storages.RDBStorage.set_trial_state_values
 
     def failing(self, trial_id, state, values=None):
@@ -150,35 +281,32 @@ def test_storage_write_failing_at_the_end_of_a_trial_is_reported(tiny, monkeypat
             raise optuna.exceptions.StorageInternalError("disk I/O error")
         return real(self, trial_id, state, values)
 
-    monkeypatch.setenv("SEARCH_OFFLINE", "1")
     monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", failing)
-    code = run.main(tiny.args(cfg))
-    err = capsys.readouterr().err
+    code, err = main_here(lambda argv: run.main(argv, trial_target="tests.stand_ins:fast_trial"),
+                          *tiny.args(tiny.config(n_trials=1)))
     assert code == 1
-    assert "error: storage write failed: StorageInternalError: disk I/O error" in err
+    assert lines(err)[-1] == "error: storage write failed: StorageInternalError: disk I/O error"
     assert "Should not reach" not in err
     assert _integrity(tiny.db) == "ok"
 
 
 @pytest.fixture(scope="module")
-def stored_study(tmp_path_factory):
+def stored_study(tmp_path_factory) -> Tiny:
     """A database holding one finished study, to check that bad input leaves it byte-for-byte unchanged."""
-    from .conftest import Tiny
-
     tiny = Tiny(tmp_path_factory.mktemp("stored"))
-    r = tiny.run(*tiny.args(tiny.config(n_trials=1)))
+    r = tiny.stand_in(*tiny.args(tiny.config(n_trials=1)))
     assert r.returncode == 0, r.stderr
     return tiny
 
 
-@pytest.mark.parametrize("old,new,message", BAD, ids=[b[2][:40] for b in BAD])
-def test_bad_config_leaves_the_database_unchanged(stored_study, old, new, message):
+@pytest.mark.parametrize("old,new,message", BAD + HUGE, ids=[b[2][:40] for b in BAD + HUGE])
+def test_a_bad_config_leaves_a_stored_study_unchanged(stored_study, main_here, old, new, message):
     tiny = stored_study
     before = hashlib.sha256(tiny.db.read_bytes()).hexdigest()
-    bad = tiny.tmp / "bad.toml"
+    bad = main_here.work / "bad.toml"
     bad.write_text(SMOKE.replace(old, new, 1))
-    r = tiny.run(*tiny.args(bad), timeout=120)
-    assert r.returncode == 2
-    (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+    code, err = main_here(run.main, *tiny.args(bad))
+    assert code == 2
+    (line,) = lines(err)
     assert line.startswith(f"error: {bad}: ") and message in line
     assert hashlib.sha256(tiny.db.read_bytes()).hexdigest() == before

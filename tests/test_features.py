@@ -1,39 +1,46 @@
-"""Feature cache (miss, hit, damage, concurrency, full disk), preprocessing, and the cache-equivalence test."""
+"""search.features: the cache is built once, verified by every reader (a damaged one is never used), shareable
+read-only, and keyed by everything that changes the features; the cached head equals the backbone in the loop."""
 
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest
 
 from search import features
-from search.errors import CacheError
+from search.errors import CacheError, WeightsError
 
-from .conftest import ROOT
+from .conftest import ROOT, as_user_without_overrides, cli_env
 
 
-def _builder(calls: list, n: int = 8):
+def _builder(calls: list, n: int = 8, dim: int = 4):
     def build(tmp):
         calls.append(tmp)
-        np.save(tmp / "features.npy", np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+        np.save(tmp / "features.npy", np.arange(n * dim, dtype=np.float32).reshape(n, dim))
         np.save(tmp / "labels.npy", np.arange(n) % 2)
     return build
 
 
-def test_miss_then_hit(tmp_path):
+def _flip(path, offset: int = -1) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_miss_builds_then_hit_reads_without_building(tmp_path):
     calls: list = []
-    meta = features.ensure_cached(tmp_path, "k", _builder(calls))
-    assert len(calls) == 1 and meta["shape"] == [8, 4]
+    features.ensure_cached(tmp_path, "k", _builder(calls))
     features.ensure_cached(tmp_path, "k", _builder(calls))
     assert len(calls) == 1
-    x, y = features.load_cached(tmp_path, "k")
-    assert x.shape == (8, 4) and y.tolist() == [0, 1] * 4
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".k.tmp")]
+    store = features.FeatureStore(tmp_path, "k")
+    assert store.take(np.array([1, 3])).tolist() == [[4, 5, 6, 7], [12, 13, 14, 15]]
+    assert store.labels.tolist() == [0, 1] * 4 and store.n == 8 and store.n_views == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.lock"]  # no leftover temporary build
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete meta", "delete labels"])
@@ -42,9 +49,7 @@ def test_damaged_entry_is_rebuilt_with_a_warning(tmp_path, damage):
     features.ensure_cached(tmp_path, "k", _builder(calls))
     entry = tmp_path / "k"
     if damage == "flip a byte":
-        raw = bytearray((entry / "features.npy").read_bytes())
-        raw[-1] ^= 0xFF
-        (entry / "features.npy").write_bytes(bytes(raw))
+        _flip(entry / "features.npy")
     elif damage == "truncate":
         (entry / "features.npy").write_bytes((entry / "features.npy").read_bytes()[:50])
     elif damage == "delete meta":
@@ -54,7 +59,36 @@ def test_damaged_entry_is_rebuilt_with_a_warning(tmp_path, damage):
     with pytest.warns(UserWarning, match="damaged; rebuilding"):
         features.ensure_cached(tmp_path, "k", _builder(calls))
     assert len(calls) == 2
-    assert features.load_cached(tmp_path, "k")[0][-1, -1] == 31.0
+    assert features.FeatureStore(tmp_path, "k").take(np.array([7]))[0, -1] == 31.0
+
+
+def test_a_reader_refuses_rows_damaged_after_the_cache_was_checked(tmp_path):
+    """What a trial process or search.confirm meets when the cache changes under a running command."""
+    features.ensure_cached(tmp_path, "k", _builder([], n=3 * features.BLOCK_ROWS, dim=2))
+    store = features.FeatureStore(tmp_path, "k")
+    good = store.take(np.array([0, 1]))
+    # Zero the last block on disk (the "overwritten with zeros" of issue 10).
+    feats = np.load(tmp_path / "k" / "features.npy", mmap_mode="r+")
+    feats[2 * features.BLOCK_ROWS:] = 0
+    feats.flush()
+    del feats
+    with pytest.raises(CacheError, match=r"is damaged \(rows 8192-12287 fail their checksum\); it was not used"):
+        store.take(np.array([0, 2 * features.BLOCK_ROWS + 5]))
+    assert store.take(np.array([0, 1])).tolist() == good.tolist()  # verified blocks stay usable
+    with pytest.raises(CacheError):
+        features.FeatureStore(tmp_path, "k").verify_all()
+
+
+def test_damaged_labels_or_metadata_are_refused_on_open(tmp_path):
+    features.ensure_cached(tmp_path, "k", _builder([]))
+    _flip(tmp_path / "k" / "labels.npy")
+    with pytest.raises(CacheError, match="damaged \\(labels checksum\\)"):
+        features.FeatureStore(tmp_path, "k")
+    (tmp_path / "k" / "meta.json").write_text(json.dumps({"key": "k"}))
+    with pytest.raises(CacheError, match="damaged or from an older version"):
+        features.FeatureStore(tmp_path, "k")
+    with pytest.raises(CacheError, match="cannot be read"):
+        features.FeatureStore(tmp_path, "missing")
 
 
 def test_full_disk_leaves_no_partial_entry(tmp_path):
@@ -67,7 +101,7 @@ def test_full_disk_leaves_no_partial_entry(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.lock"]
 
 
-def test_two_processes_build_once(tmp_path):
+def test_concurrent_processes_build_once(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time, numpy as np
         sys.path.insert(0, {str(ROOT)!r})
@@ -79,34 +113,105 @@ def test_two_processes_build_once(tmp_path):
             time.sleep(1.0)
             np.save(tmp / "features.npy", np.ones((4, 2), np.float32))
             np.save(tmp / "labels.npy", np.zeros(4, np.int64))
-        meta = features.ensure_cached(Path({str(tmp_path)!r}) / "cache", "k", build)
-        print(meta["shape"])
+        features.ensure_cached(Path({str(tmp_path)!r}) / "cache", "k", build)
+        print(features.FeatureStore(Path({str(tmp_path)!r}) / "cache", "k").take([0, 3]).tolist())
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]
-    outs = [p.communicate(timeout=60)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert all(o.strip() == "[4, 2]" for o in outs)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert all(o.strip() == "[[1.0, 1.0], [1.0, 1.0]]" for o in outs)
     assert (tmp_path / "builds.log").read_text().count("build") == 1
+
+
+def test_a_complete_cache_in_a_read_only_directory_is_used_without_writing(tmp_path):
+    cache = tmp_path / "shared"
+    features.ensure_cached(cache, "k", _builder([]))
+    (cache / "k.lock").unlink()
+    for p in (cache / "k", cache):
+        p.chmod(0o555)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from pathlib import Path
+        from search import features
+        def build(tmp):
+            raise SystemExit("must not build")
+        features.ensure_cached(Path({str(cache)!r}), "k", build)
+        print(features.FeatureStore(Path({str(cache)!r}), "k").take([1]).tolist())
+        try:
+            features.ensure_cached(Path({str(cache)!r}), "other", build)
+        except features.CacheError as e:
+            print(e)
+    """)
+    try:
+        r = subprocess.run([*as_user_without_overrides(), sys.executable, "-c", script], env=cli_env(),
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        for p in (cache, cache / "k"):
+            p.chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "[[4.0, 5.0, 6.0, 7.0]]"
+    # Building in a read-only directory is the one thing that needs write access: said in one line.
+    assert out[1].startswith(f"cannot build feature cache in {cache}: Permission denied")
+    assert sorted(p.name for p in cache.iterdir()) == ["k"]  # no lock file, nothing written
 
 
 def test_cache_key_separates_what_changes_features():
     w = features.resolve_weights("random")
-    base = features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc")
-    assert base != features.cache_key("fashion_mnist", 0, "caffe", "bilinear", w, "abc")
-    assert base != features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abd")
-    assert base != features.cache_key("fashion_mnist", 0, "unit", "bilinear",
-                                      features.resolve_weights("imagenet"), "abc")
-    assert base == features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc")
+    rt = {"trial_backend": "jax", "extraction_backend": "tensorflow", "keras": "3.15.1", "tensorflow": "2.21.0",
+          "jax": "0.10.2"}
+    base = features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt)
+    assert base == features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt)
+    assert base.startswith("fashion_mnist-all-unit-plain-")
+    for other in (
+        features.cache_key("fashion_mnist", 0, "caffe", "bilinear", w, "abc", rt),
+        features.cache_key("fashion_mnist", 0, "unit", "nearest", w, "abc", rt),
+        features.cache_key("fashion_mnist", 2000, "unit", "bilinear", w, "abc", rt),
+        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abd", rt),
+        features.cache_key("fashion_mnist", 0, "unit", "bilinear", features.Weights("file", "/w", "file:sha256=1"),
+                           "abc", rt),
+        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "extraction_backend": "jax"}),
+        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "keras": "3.16.0"}),
+        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "tensorflow": "2.22.0"}),
+        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt, augmentation={"views": 4}),
+    ):
+        assert other != base
+    # The trials' backend does not change the features: one cache serves studies on any trial backend.
+    assert features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc",
+                              {**rt, "trial_backend": "tensorflow"}) == base
 
 
-def test_weights_file_identity_and_missing_file(tmp_path):
-    from search.errors import WeightsError
+def test_runtime_identity_names_backends_and_versions(monkeypatch):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    rt = features.runtime_identity("jax")
+    assert rt["trial_backend"] == "jax" and rt["extraction_backend"] == "tensorflow"
+    assert rt["keras"] == features.package_version("keras") != "not installed"
+    assert {"jax", "tensorflow"} <= set(rt)
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert features.runtime_identity("jax")["extraction_backend"] == "jax"
 
-    f = tmp_path / "w.h5"
-    f.write_bytes(b"weights")
-    assert features.resolve_weights(str(f)).identity.startswith("file:sha256=")
-    with pytest.raises(WeightsError, match="--weights: .* is neither 'imagenet', 'random' nor an existing file"):
+
+def test_weights_files_are_identified_by_content(tmp_path):
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"weights")
+    c.write_bytes(b"other weights")
+    ida, idb, idc = (features.resolve_weights(str(p)).identity for p in (a, b, c))
+    assert ida.startswith("file:sha256=") and ida == idb != idc  # a renamed copy is the same weights
+    with pytest.raises(WeightsError, match="weights '.*missing.h5' are neither 'imagenet', 'random' nor an existing"):
         features.resolve_weights(str(tmp_path / "missing.h5"))
+    assert features.resolve_weights("random").identity == "random(seed=0)"
+
+
+@pytest.mark.slow  # a Keras process that tries the download (~10 s)
+def test_offline_imagenet_says_what_is_missing_and_the_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(features, "IMAGENET_URL", "http://127.0.0.1:1/resnet50.h5")  # nothing listens there
+    with pytest.raises(WeightsError) as e:
+        features.resolve_weights("imagenet")
+    assert str(e.value).startswith(f"ImageNet weights for ResNet50 are not at {tmp_path / 'keras' / 'models'}")
+    assert str(e.value).endswith("put the file there, or use --weights random or --weights PATH")
 
 
 def test_preprocessing_unit_and_caffe():
@@ -120,6 +225,7 @@ def test_preprocessing_unit_and_caffe():
     assert c.min() < -50  # mean-subtracted 0-255 inputs, as the ImageNet weights expect
 
 
+@pytest.mark.slow  # builds ResNet50 in this process (~15 s)
 def test_cached_head_equals_backbone_in_the_loop():
     """The cache changes the cost, not the result: same seed, same predictions."""
     import keras

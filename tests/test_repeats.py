@@ -1,8 +1,12 @@
-"""search.repeats: repeats stored one per (trial, seed), summarized with t-intervals, compared paired by seed."""
+"""search.repeats: repeats stored one attribute per (trial, seed), so concurrent confirmations merge; summaries
+with t-intervals; arms compared paired by seed (never by position), naming the seeds one arm lacks."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 
 import optuna
 import pytest
@@ -10,68 +14,97 @@ from scipy import stats
 
 from search import repeats
 
-SEEDS = [1, 2, 3, 4, 5]
-ARMS = {  # trial -> (params, metric per seed)
-    0: ({"balance": "balanced", "handling": "none"}, [0.80, 0.82, 0.81, 0.83, 0.79]),
-    1: ({"balance": "imbalanced", "handling": "none"}, [0.70, 0.71, 0.69, 0.72, 0.70]),
-    2: ({"balance": "imbalanced", "handling": "class_weight"}, [0.71, 0.70, 0.70, 0.72, 0.69]),
-}
+from .conftest import ROOT
+
+A = {1: 0.80, 2: 0.82, 3: 0.81, 4: 0.83, 5: 0.79}
+B = {1: 0.70, 2: 0.73, 4: 0.74, 5: 0.69}  # seed 3 failed in this arm
 
 
-def _study(values: dict[int, tuple[dict, list[float]]], seeds=SEEDS) -> optuna.Study:
-    study = optuna.create_study()
-    for number, (params, vals) in values.items():
-        for seed, v in zip(seeds, vals):
-            repeats.store_run(study, number, seed, params, {"val_balanced_accuracy": v})
-    return study
+@pytest.fixture
+def study(tmp_path):
+    return optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
 
 
-def test_summarize_gives_the_t_interval_of_the_mean():
+def test_each_run_is_its_own_attribute_and_failures_are_kept_with_their_reason(study):
+    repeats.store_run(study, 4, 1, {"balance": "balanced"}, {"val_accuracy": 0.8, "keras_backend": "jax",
+                                                               "feasible": True, "history": {}})
+    repeats.store_run(study, 4, 2, {"balance": "balanced"}, None, error="training loss became NaN/inf at epoch 1")
+    attrs = study.user_attrs
+    assert attrs["search:confirm:4:1"] == {"params": {"balance": "balanced"}, "seed": 1,
+                                           "metrics": {"val_accuracy": 0.8}}  # numbers only
+    assert attrs["search:confirm:4:2"]["error"] == "training loss became NaN/inf at epoch 1"
+    summary = repeats.confirmed(attrs)["trials"]["4"]
+    assert summary["seeds"] == [1, 2] and summary["failed"] == {"2": "training loss became NaN/inf at epoch 1"}
+    assert summary["metrics"]["val_accuracy"]["n"] == 1
+
+
+def test_summary_is_mean_std_and_the_t_interval_of_the_mean():
     s = repeats.summarize({1: 1.0, 2: 2.0, 3: 3.0, 4: float("nan")})
     assert (s["mean"], s["std"], s["n"]) == (2.0, 1.0, 3)
-    assert s["ci95"] == pytest.approx([2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5])
-    assert s["by_seed"] == {"1": 1.0, "2": 2.0, "3": 3.0}  # the NaN seed is named by its absence
-    assert repeats.summarize({7: 0.5})["ci95"] is None
+    t = stats.t.ppf(0.975, 2)
+    assert s["ci95"] == pytest.approx([2 - t / math.sqrt(3), 2 + t / math.sqrt(3)])
+    assert s["by_seed"] == {"1": 1.0, "2": 2.0, "3": 3.0}  # the non-finite seed is left out, by name
+    assert repeats.summarize({1: 0.5})["ci95"] is None
 
 
-def test_differences_pair_trials_one_parameter_apart_with_their_interval():
-    summary = repeats.confirmed(_study(ARMS).user_attrs)
-    diffs = {(d.a, d.b): d for d in repeats.differences(summary, ["val_balanced_accuracy"])}
-    assert set(diffs) == {("0", "1"), ("1", "2")}  # 0 and 2 differ in two parameters: no claim
-    bal = diffs[("0", "1")]
-    ci = stats.ttest_rel(ARMS[1][1], ARMS[0][1]).confidence_interval()
-    assert (bal.param, bal.test, bal.n) == ("balance", "paired", 5)
-    assert (bal.low, bal.high) == pytest.approx((ci.low, ci.high))
-    assert bal.diff == pytest.approx(-0.106) and bal.verdict == "balance=imbalanced lower"
-    assert diffs[("1", "2")].verdict == "no difference shown"
+def _summary(a: dict[int, float], b: dict[int, float]) -> dict:
+    return {"trials": {
+        "0": {"params": {"balance": "balanced", "handling": "none"},
+              "metrics": {"test_balanced_accuracy": repeats.summarize(a)}},
+        "1": {"params": {"balance": "imbalanced", "handling": "none"},
+              "metrics": {"test_balanced_accuracy": repeats.summarize(b)}}}}
 
 
-def test_a_missing_seed_in_one_arm_does_not_shift_the_pairing():
-    # Seed 3 of the imbalanced arm failed (NaN): pairing by position would compare seed 4 with seed 3.
-    arms = {0: ARMS[0], 1: (ARMS[1][0], [0.70, 0.71, float("nan"), 0.72, 0.70])}
-    summary = repeats.confirmed(_study(arms).user_attrs)
-    (d,) = repeats.differences(summary, ["val_balanced_accuracy"])
-    shared = [0, 1, 3, 4]
-    expected = stats.ttest_rel([ARMS[1][1][i] for i in shared], [ARMS[0][1][i] for i in shared])
-    assert (d.test, d.n, d.missing) == ("paired", 4, ("3",))
-    assert (d.low, d.high) == pytest.approx(tuple(expected.confidence_interval()))
+def test_arms_are_paired_by_seed_and_the_missing_seed_is_named():
+    (d,) = repeats.differences(_summary(A, B), ["test_balanced_accuracy"])
+    shared = [1, 2, 4, 5]
+    expected = stats.ttest_rel([B[s] for s in shared], [A[s] for s in shared]).confidence_interval(0.95)
+    assert (d.param, d.a_value, d.b_value, d.test, d.n) == ("balance", "balanced", "imbalanced", "paired", 4)
+    assert d.diff == pytest.approx(sum(B[s] - A[s] for s in shared) / 4)
+    assert (d.low, d.high) == pytest.approx((expected.low, expected.high))
+    assert d.missing == ("3",)
+    assert d.verdict == "balance=imbalanced lower"
 
 
-def test_a_failed_run_is_stored_with_its_reason_and_named():
-    study = _study({0: ARMS[0]}, seeds=SEEDS[:4])
-    repeats.store_run(study, 0, 5, ARMS[0][0], None, error="trial process killed by SIGKILL")
-    entry = repeats.confirmed(study.user_attrs)["trials"]["0"]
-    assert entry["seeds"] == SEEDS and entry["failed"] == {"5": "trial process killed by SIGKILL"}
-    assert entry["metrics"]["val_balanced_accuracy"]["n"] == 4
+def test_a_missing_seed_does_not_shift_the_pairing():
+    """By position, B's seed 4 would be paired with A's seed 3; by seed the difference is exactly constant."""
+    a = {1: 0.5, 2: 0.9, 3: 0.1, 4: 0.7, 5: 0.3}
+    b = {s: v + 0.05 for s, v in a.items() if s != 3}
+    (d,) = repeats.differences(_summary(a, b), ["test_balanced_accuracy"])
+    assert d.diff == pytest.approx(0.05) and d.n == 4 and d.missing == ("3",)
+    assert (d.low, d.high) == pytest.approx((0.05, 0.05))  # no spread: every pair differs by 0.05
+    assert d.verdict == "balance=imbalanced higher"
 
 
-def test_runs_stored_by_two_confirmations_merge():
-    # Two processes confirming different seeds write different attributes: both sets are kept.
-    study = _study({0: ARMS[0]}, seeds=SEEDS[:2])
-    for seed, v in zip(SEEDS[2:], ARMS[0][1][2:]):
-        repeats.store_run(study, 0, seed, ARMS[0][0], {"val_balanced_accuracy": v})
-    s = repeats.confirmed(study.user_attrs)["trials"]["0"]["metrics"]["val_balanced_accuracy"]
-    assert s["n"] == 5 and math.isclose(s["mean"], sum(ARMS[0][1]) / 5)
+def test_trials_apart_in_two_parameters_make_no_claim():
+    s = _summary(A, B)
+    s["trials"]["1"]["params"]["handling"] = "smote"
+    assert repeats.differences(s, ["test_balanced_accuracy"]) == []
+
+
+def test_two_processes_confirming_one_study_at_once_keep_every_run(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    optuna.create_study(study_name="c", storage=url)
+    script = textwrap.dedent(f"""
+        import sys, optuna
+        sys.path.insert(0, {str(ROOT)!r})
+        from search import repeats, storage
+        study = optuna.load_study(study_name="c", storage=storage.open_storage({url!r}))
+        first = int(sys.argv[1])
+        for seed in range(first, first + 15):
+            repeats.store_run(study, 0, seed, {{"x": 1}}, {{"test_accuracy": seed / 100}})
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(first)]) for first in (1, 101)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    entry = repeats.confirmed(optuna.load_study(study_name="c", storage=url).user_attrs)["trials"]["0"]
+    assert entry["seeds"] == [*range(1, 16), *range(101, 116)]
+    assert entry["metrics"]["test_accuracy"]["n"] == 30
+
+
+def test_repeats_summarize_both_splits_time_and_memory():
+    names = repeats.repeat_metrics(["val_balanced_accuracy", "peak_memory_mb"])
+    assert names[:2] == ["val_balanced_accuracy", "peak_memory_mb"] and len(names) == len(set(names))
+    assert {"val_accuracy", "test_accuracy", "test_reduced_recall", "train_time_s", "trial_memory_mb"} <= set(names)
 
 
 def test_the_old_single_attribute_is_read_by_seed_order_and_never_shifted():

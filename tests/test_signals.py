@@ -48,6 +48,21 @@ def test_deferred_signal_is_raised_on_entering_the_interruptible_part():
 
 
 def test_a_second_signal_cannot_cut_cleanup_short():
-    with pytest.raises(Interrupted):
+    cleanup = []
+    with pytest.raises(Interrupted) as first:
         os.kill(os.getpid(), signal.SIGTERM)
-    os.kill(os.getpid(), signal.SIGTERM)  # while cleaning up: noted, not raised
+    # Cleaning up (recording the trial as failed): another Ctrl-C is noted, not raised.
+    os.kill(os.getpid(), signal.SIGINT)
+    cleanup.append("trial recorded as failed")
+    assert cleanup == ["trial recorded as failed"]
+    assert first.value.exit_code == 143  # the exit code stays the first signal's
+
+
+def test_a_signal_noted_before_the_interruptible_part_is_not_lost_when_it_ends_normally():
+    """The deferred part ends without a signal check in between: the noted signal is raised there."""
+    with pytest.raises(Interrupted) as e:
+        with signals.deferred():
+            with signals.interruptible():
+                pass
+            os.kill(os.getpid(), signal.SIGINT)
+    assert e.value.signum == signal.SIGINT

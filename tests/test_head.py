@@ -1,0 +1,126 @@
+"""search.head: the head the paper describes, trained with honest times (whole fit, compilation, a steady epoch,
+evaluation excluded), stopped by after_epoch, failed on a non-finite loss; balanced class weights."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from search import head
+from search.errors import TrialFailed, UsageError
+
+P = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=0.0, learning_rate=3e-3, batch_size=16, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def xy():
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 5
+    centers = rng.normal(size=(5, 12)) * 2
+    return (centers[y] + rng.normal(size=(300, 12))).astype(np.float32), y
+
+
+def test_backend_is_the_flag_else_the_environment_else_jax(monkeypatch):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert head.resolve_backend(None) == "jax"
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert head.resolve_backend(None) == "tensorflow" and head.resolve_backend("jax") == "jax"
+    with pytest.raises(UsageError, match="^unknown Keras backend 'theano'; valid: jax, tensorflow, torch$"):
+        head.resolve_backend("theano")
+
+
+def test_a_backend_that_is_not_installed_is_named_with_the_fix(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(UsageError, match=r"^Keras backend torch is not installed \(pip install torch\)"):
+        head.resolve_backend("torch")
+
+
+def test_the_head_is_dense_relu_dropout_softmax_with_its_regularizer():
+    model = head.build_head(2048, 10, head.HeadParams(units=1024, dropout=0.5, l1=1e-5, l2=1e-4,
+                                                      learning_rate=1e-3, batch_size=32, epochs=1), seed=0)
+    dense, dropout, out = model.layers
+    assert (dense.units, dense.activation.__name__) == (1024, "relu")
+    assert dense.kernel_regularizer.get_config() == pytest.approx({"l1": 1e-5, "l2": 1e-4})
+    assert dropout.rate == 0.5 and (out.units, out.activation.__name__) == (10, "softmax")
+    assert model.count_params() == 2048 * 1024 + 1024 + 1024 * 10 + 10
+    plain = head.build_head(8, 3, P, seed=0)
+    assert plain.layers[0].kernel_regularizer is None
+
+
+def test_fit_records_the_whole_fit_its_compilation_and_a_steady_epoch(xy):
+    x, y = xy
+    model = head.build_head(x.shape[1], 5, P, seed=0)
+    epochs_seen = []
+    start = time.perf_counter()
+    fit = head.fit(model, x, y, P, seed=0, on_epoch=lambda e, loss: epochs_seen.append((e, loss)))
+    wall = time.perf_counter() - start
+    assert fit.epochs_run == 3 and [e for e, _ in epochs_seen] == [1, 2, 3]
+    assert len(fit.history["loss"]) == len(fit.history["accuracy"]) == len(fit.history["epoch_time_s"]) == 3
+    assert fit.history["loss"][-1] < fit.history["loss"][0]  # it learns
+    assert 0 < fit.train_time_s <= wall
+    assert 0 < fit.epoch_time_s <= max(fit.history["epoch_time_s"])
+    # The first epoch pays for tracing/compilation; compile_time_s is that excess, not a whole epoch.
+    assert 0 <= fit.compile_time_s <= fit.history["epoch_time_s"][0]
+    assert fit.eval_time_s == 0.0
+
+
+def test_time_spent_evaluating_after_epochs_is_not_training_time(xy):
+    x, y = xy
+
+    def slow_eval(epoch, model):
+        time.sleep(0.5)
+        return False
+
+    start = time.perf_counter()
+    fit = head.fit(head.build_head(x.shape[1], 5, P, seed=0), x, y, P, seed=0, after_epoch=slow_eval)
+    wall = time.perf_counter() - start
+    assert fit.eval_time_s >= 1.5
+    assert fit.train_time_s <= wall - 1.5
+
+
+def test_after_epoch_can_stop_training_early(xy):
+    x, y = xy
+    fit = head.fit(head.build_head(x.shape[1], 5, P, seed=0), x, y, P, seed=0,
+                   after_epoch=lambda epoch, model: epoch == 1)
+    assert fit.epochs_run == 1 and len(fit.history["loss"]) == 1
+
+
+def test_a_non_finite_loss_fails_the_trial(xy):
+    """An L2 strength of 1e38 overflows float32 in the regularization term: the loss is inf at once."""
+    x, y = xy
+    p = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=1e38, learning_rate=1e-3, batch_size=16, epochs=2)
+    with pytest.raises(TrialFailed, match="^training loss became NaN/inf at epoch 1$") as e:
+        head.train_head(x, y, 5, p, seed=0)
+    assert e.value.kind == "nan"
+
+
+@pytest.mark.parametrize("handling,smoothing", [("focal", 0.0), ("none", 0.1), ("class_weight", 0.0)])
+def test_every_loss_handling_trains(xy, handling, smoothing):
+    x, y = xy
+    p = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=0.0, learning_rate=3e-3, batch_size=16, epochs=2,
+                        handling=handling, label_smoothing=smoothing)
+    model, fit = head.train_head(x, y, 5, p, seed=0)
+    proba, seconds = head.predict(model, x)
+    assert np.isfinite(fit.history["loss"]).all() and fit.history["loss"][1] < fit.history["loss"][0]
+    assert proba.shape == (300, 5) and np.allclose(proba.sum(axis=1), 1, atol=1e-5) and seconds > 0
+
+
+def test_the_same_seed_trains_the_same_head(xy):
+    x, y = xy
+    a, _ = head.train_head(x, y, 5, P, seed=3)
+    b, _ = head.train_head(x, y, 5, P, seed=3)
+    np.testing.assert_allclose(head.predict(a, x[:20])[0], head.predict(b, x[:20])[0], atol=1e-6)
+
+
+def test_class_weights_are_sklearns_balanced_weights():
+    y = np.repeat(np.arange(3), [60, 30, 10])
+    w = head.class_weights(y, 3)
+    assert w == pytest.approx({0: 100 / 180, 1: 100 / 90, 2: 100 / 30})  # n / (C * n_c)
+    assert sum(w[c] * n for c, n in zip(range(3), [60, 30, 10])) == pytest.approx(100)
+    # A class missing from the training part gets no weight (it has no samples to weigh).
+    assert set(head.class_weights(np.array([0, 0, 2]), 3)) == {0, 2}
