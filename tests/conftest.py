@@ -391,9 +391,8 @@ def main_here(tmp_path, monkeypatch, capsys, restore_signals):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    for k, v in cli_env().items():
-        if k != "PYTHONPATH":
-            monkeypatch.setenv(k, v)
+    for k, v in cli_env().items():  # PYTHONPATH too: trial processes import stand-ins from tests/
+        monkeypatch.setenv(k, v)
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.delenv("SEARCH_STORAGE", raising=False)
 
