@@ -139,6 +139,7 @@ def _extract_views(data_dir: Path, out: Path, seed: int, views: int = 2, paper: 
     return np.load(out / "features.npy")
 
 
+@pytest.mark.slow  # real extraction / end-to-end runs: CI runs it (--slow)
 def test_extracted_views_are_seeded(tmp_path):
     """Same seed, same views (another process); another seed, other views; views differ from each other."""
     data_dir = write_fashion_dir(tmp_path / "fm", n_train=24, n_test=8)
@@ -359,6 +360,7 @@ name = "grid"
 """
 
 
+@pytest.mark.slow  # real extraction / end-to-end runs: CI runs it (--slow)
 def test_views_and_online_trials_complete_through_the_cli(tmp_path):
     import optuna
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 from types import SimpleNamespace
 
@@ -17,28 +16,24 @@ from optuna.distributions import CategoricalDistribution
 
 from search.report import cli, load, paper
 from search.report.write import write_report
-from tests.conftest import ROOT
+from tests.conftest import ROOT, requires
 from tests.test_report_fixtures import IMAGENET, RANDOM, add, attrs, new_study, sqlite
 
-PAPER_TXT = ROOT.parent / "shared" / "paper.txt"
-
-
-def paper_text(path=None) -> str:
-    path = path or PAPER_TXT
-    if path.is_file():
-        return path.read_text()
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{path} is missing, but CI provides it")
-    pytest.skip(f"{path} not present (it sits beside the repo)")
+def paper_text() -> str:
+    """../shared/paper.txt: a developer without it skips; under CI=true (CI provides it) its absence fails."""
+    return requires("paper").read_text()
 
 
 def test_without_paper_txt_ci_fails_and_a_developer_skips(tmp_path, monkeypatch):
+    from tests import conftest
+
+    monkeypatch.setitem(conftest.COMPONENTS, "paper", lambda: (None, "paper.txt not present"))
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI provides it"):
-        paper_text(tmp_path / "paper.txt")
+    with pytest.raises(pytest.fail.Exception, match="CI=true, but paper is missing"):
+        paper_text()
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
-        paper_text(tmp_path / "paper.txt")
+        paper_text()
 
 
 def _rows(path) -> list[dict[str, str]]:

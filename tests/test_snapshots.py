@@ -498,6 +498,7 @@ def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.slow  # real extraction / end-to-end runs: CI runs it (--slow)
 def test_cli_run_and_confirm_a_snapshot(tmp_path):
     data_dir = write_fashion(tmp_path / "fmnist")
     cfg = tmp_path / "snapcli.toml"
