@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import child, load_text, loadavg
+from benchmarks.common import child, load_text, load_warning, loadavg
 from search import data, features
 
 
@@ -28,7 +28,9 @@ def fmnist_reg_spec(cache_dir: str, key: str, epochs: int, split_ratio: float = 
     from search import objective as obj
 
     config = cfg.load_config("fmnist_reg").with_weights("random").with_seed(seed)
-    ctx = obj.Context(config=config, cache_dir=Path(cache_dir), cache_key=key, n_classes=10, target=1)
+    # artifact_dir set: the trial draws its pictures, as in a run (the benchmark only times them).
+    ctx = obj.Context(config=config, cache_dir=Path(cache_dir), cache_key=key, n_classes=10, target=1,
+                      class_names=data.DATASETS["fashion_mnist"].class_names, artifact_dir=Path(cache_dir))
     chosen = {"split_ratio": split_ratio, "epochs": epochs, "dropout": 0.5, "l1": 0.0, "l2": 1e-4,
               "batch_size": batch_size}
     return obj.trial_spec(ctx, obj.resolve_params(config, chosen))

@@ -44,11 +44,13 @@ def timed_trial(spec: dict, report) -> dict:
     trial_spec = spec["trial"]
     result = search.trial.run_trial(trial_spec, stamped)
     stamps["trial_end"] = time.time()
+    import shutil
     import sys
 
     # keras.utils.set_random_seed imports TensorFlow whenever it is installed, whatever the backend: seconds and
     # hundreds of MB inside the first epoch's window of a JAX trial.  Say so; the parent times that import apart.
-    stamps["tensorflow_imported"] = keras.backend.backend() != "tensorflow" and "tensorflow" in sys.modules
+    stamps["tensorflow_imported"] = (keras.backend.backend() != "tensorflow"
+                                     and sys.modules.get("tensorflow") is not None)  # None: blocked by isolate
 
     # Loading + splitting, once more, warm (page cache and imports as in the trial): the trial reports one
     # window for loading, splitting and copying the rows, and this separates the copy from the rest.
@@ -60,6 +62,11 @@ def timed_trial(spec: dict, report) -> dict:
                         trial_spec.get("evaluation", "test"), trial_spec.get("validation_fraction", 0.2))
     stamps["load_split_s"] = time.time() - t
 
+    from pathlib import Path
+
+    for path in result.pop("pictures", None) or []:  # drawn by the trial, as in a run; only timed here
+        if not path.startswith("error:"):
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
     if not any("picture" in s for s in stages):  # the trial does not draw them (yet): time what the coordinator does
         stamps["pictures_s"] = _draw_pictures(result, spec.get("class_names"))
     return {"result": result, "stamps": stamps}
@@ -70,7 +77,7 @@ def _draw_pictures(result: dict, class_names: list[str] | None) -> float | None:
     import tempfile
     from pathlib import Path
 
-    from search import artifacts
+    from search import pictures
 
     cm = result.get("test_confusion_matrix", result.get("confusion_matrix"))
     recall = result.get("test_per_class_recall", result.get("per_class_recall"))
@@ -79,7 +86,7 @@ def _draw_pictures(result: dict, class_names: list[str] | None) -> float | None:
     names = class_names or [str(i) for i in range(len(recall))]
     t = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-pictures-") as tmp:
-        artifacts.confusion_matrix_png(cm, names, Path(tmp) / "cm.png")
-        artifacts.per_class_recall_png(recall, names, Path(tmp) / "recall.png",
-                                       train_counts=result.get("train_class_counts"))
+        pictures.confusion_matrix_png(cm, names, Path(tmp) / "cm.png", "confusion matrix")
+        pictures.per_class_recall_png(recall, names, Path(tmp) / "recall.png", "per-class recall",
+                                      train_counts=result.get("train_class_counts"))
     return time.time() - t
