@@ -26,6 +26,7 @@ crashes.  The child dies with its parent (PR_SET_PDEATHSIG); a child past its
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -58,83 +59,127 @@ def thread_env(n: int) -> dict[str, str]:
             "TF_NUM_INTRAOP_THREADS": str(n), "TF_NUM_INTEROP_THREADS": "1"}
 
 
+@dataclass
+class _Child:
+    proc: subprocess.Popen
+    err: Any  # the temporary file that holds its stderr
+
+
+# Started children waiting for their job, per (target, environment, stderr, cores): see ``prestart``.
+_spares: dict[tuple, _Child] = {}
+
+
+def _start(target: str, child_env: dict[str, str], echo_stderr: bool, affinity: list[int] | None) -> _Child:
+    err = tempfile.TemporaryFile("w+")
+    # The target travels on the command line so that the child imports it (and warms it up) before it
+    # waits for its job: a started spare is ready when the job comes.
+    proc = subprocess.Popen([sys.executable, "-m", "search.isolate", target], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=None if echo_stderr else err, env=child_env, text=True)
+    if affinity:
+        # Set at once, while the child is still starting Python: before any thread pool exists.
+        # (Not preexec_fn: forking with the heartbeat thread alive makes that unsafe.)
+        try:
+            os.sched_setaffinity(proc.pid, affinity)
+        except OSError:
+            pass  # it already ended; its outcome says why
+    return _Child(proc, err)
+
+
+def _discard_spares() -> None:
+    for child in _spares.values():
+        child.proc.kill()
+        child.proc.wait()
+        child.err.close()
+    _spares.clear()
+
+
+atexit.register(_discard_spares)
+
+
 def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], None] = lambda e: None,
                  env: dict[str, str] | None = None, echo_stderr: bool = False,
-                 cpus: Sequence[int] | None = None, timeout: float | None = None) -> Outcome:
+                 cpus: Sequence[int] | None = None, timeout: float | None = None, prestart: bool = False) -> Outcome:
     """Call ``target`` ("module:function", taking (spec, report)) in a child process.
 
+    ``prestart``: when the job reports an event with ``spare=True`` (a trial: its training is done), start
+    the process for the next call with the same target, environment and cores, so that its interpreter
+    and imports (seconds) overlap this job's last steps instead of the next job's time.
     Raises the child's SearchError subclass with its message, or TrialFailed
     (kind "killed" or "timeout") when the child crashed, was killed or ran past ``timeout`` seconds.
     """
     child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                  "SEARCH_PARENT_PID": str(os.getpid()), **(thread_env(len(cpus)) if cpus else {}), **(env or {})}
     affinity = sorted(cpus) if cpus else None
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "search.isolate"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=None if echo_stderr else err,
-                                env=child_env, text=True)
-        if affinity:
-            # Set at once, while the child is still starting Python: before any thread pool exists.
-            # (Not preexec_fn: forking with the heartbeat thread alive makes that unsafe.)
-            try:
-                os.sched_setaffinity(proc.pid, affinity)
-            except OSError:
-                pass  # it already ended; its outcome says why
-        timed_out = threading.Event()
-        timer = None
-        if timeout is not None:
-            def _kill() -> None:
-                timed_out.set()
-                proc.kill()
-            timer = threading.Timer(timeout, _kill)
-            timer.daemon = True
-            timer.start()
-        reaped = False
-        try:
-            proc.stdin.write(json.dumps({"target": target, "spec": spec}))
-            proc.stdin.close()
-            final: Event | None = None
-            start_mb = 0.0
-            for line in proc.stdout:
-                event = json.loads(line)
-                if event["event"] == "started":
-                    start_mb = event["rss_mb"]
-                elif event["event"] in ("result", "error"):
-                    final = event
-                else:
-                    on_event(event)
-            _, status, usage = os.wait4(proc.pid, 0)
-            reaped = True
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if not reaped:
-                # Interrupted in the parent: the child's work is lost either way; stop it now.
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-        if timed_out.is_set():
-            raise errors.TrialFailed(f"timed out after {timeout:.0f} s", kind="timeout")
-        cpu_s = usage.ru_utime + usage.ru_stime
-        if final is not None and final["event"] == "result":
-            own = final.get("peak_rss_mb")
-            return Outcome(final["result"], own if own is not None else usage.ru_maxrss / 1024.0, start_mb,
-                           final.get("baseline_rss_mb"), final.get("trial_rss_mb"), cpu_s)
-        if final is not None:
-            cls = getattr(errors, final["kind"], None)
-            if isinstance(cls, type) and issubclass(cls, errors.TrialFailed):
-                raise cls(final["message"], kind=final.get("fail_kind", "error"))
-            if isinstance(cls, type) and issubclass(cls, errors.SearchError):
-                raise cls(final["message"])
-            raise errors.TrialFailed(final["message"])
-        err.seek(0)
-        tail = " | ".join(line.strip() for line in err.read().strip().splitlines()[-3:])
-        rc = proc.returncode
-        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
-        hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
-        raise errors.TrialFailed(f"trial process {how}{hint}" + (f": {tail}" if tail else ""),
-                                 kind="killed" if rc < 0 else "error")
+    key = (target, tuple(sorted(child_env.items())), echo_stderr, tuple(affinity or ()))
+    child = _spares.pop(key, None)
+    if child is None or child.proc.poll() is not None:
+        child = _start(target, child_env, echo_stderr, affinity)
+    proc, err = child.proc, child.err
+    timed_out = threading.Event()
+    timer = None
+    if timeout is not None:
+        def _kill() -> None:
+            timed_out.set()
+            proc.kill()
+        timer = threading.Timer(timeout, _kill)
+        timer.daemon = True
+        timer.start()
+    reaped = False
+    try:
+        proc.stdin.write(json.dumps({"target": target, "spec": spec}))
+        proc.stdin.close()
+        final: Event | None = None
+        start_mb = 0.0
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "started":
+                start_mb = event["rss_mb"]
+            elif event["event"] in ("result", "error"):
+                final = event
+            else:
+                if prestart and event.pop("spare", False) and key not in _spares:
+                    _spares[key] = _start(target, child_env, echo_stderr, affinity)
+                on_event(event)
+        _, status, usage = os.wait4(proc.pid, 0)
+        reaped = True
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if not reaped:
+            # Interrupted in the parent: the child's work is lost either way; stop it now.
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    try:
+        return _outcome(final, usage, start_mb, proc.returncode, err, timed_out.is_set(), timeout)
+    finally:
+        err.close()
+
+
+def _outcome(final: Event | None, usage: Any, start_mb: float, rc: int, err: Any, timed_out: bool,
+             timeout: float | None) -> Outcome:
+    """The child's result, or the error it reported, or why it ended without one."""
+    if timed_out:
+        raise errors.TrialFailed(f"timed out after {timeout:.0f} s", kind="timeout")
+    cpu_s = usage.ru_utime + usage.ru_stime
+    if final is not None and final["event"] == "result":
+        own = final.get("peak_rss_mb")
+        return Outcome(final["result"], own if own is not None else usage.ru_maxrss / 1024.0, start_mb,
+                       final.get("baseline_rss_mb"), final.get("trial_rss_mb"), cpu_s)
+    if final is not None:
+        cls = getattr(errors, final["kind"], None)
+        if isinstance(cls, type) and issubclass(cls, errors.TrialFailed):
+            raise cls(final["message"], kind=final.get("fail_kind", "error"))
+        if isinstance(cls, type) and issubclass(cls, errors.SearchError):
+            raise cls(final["message"])
+        raise errors.TrialFailed(final["message"])
+    err.seek(0)
+    tail = " | ".join(line.strip() for line in err.read().strip().splitlines()[-3:])
+    how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+    hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
+    raise errors.TrialFailed(f"trial process {how}{hint}" + (f": {tail}" if tail else ""),
+                             kind="killed" if rc < 0 else "error")
 
 
 # ---------------------------------------------------------------- inside the child
@@ -201,6 +246,10 @@ def _child_main() -> None:
         # keras.utils.set_random_seed imports TensorFlow whenever it is installed, only to seed it:
         # +1.8 s and +420 MB in every JAX trial (measured).  A job on another backend never needs it.
         sys.modules["tensorflow"] = None  # type: ignore[assignment]
+    if len(sys.argv) > 1:  # the target, known before the job: import and warm it up while the job is not here yet
+        warm_up = getattr(importlib.import_module(sys.argv[1].split(":")[0]), "warm_up", None)
+        if warm_up is not None:
+            warm_up()
     job = json.loads(sys.stdin.read())
     module, func = job["target"].split(":")
     fn = getattr(importlib.import_module(module), func)
@@ -209,18 +258,20 @@ def _child_main() -> None:
         result = fn(job["spec"], lambda **fields: emit("progress", **fields))
     except errors.SearchError as e:
         emit("error", kind=type(e).__name__, message=str(e), fail_kind=getattr(e, "kind", None))
-        return
     except MemoryError:
         emit("error", kind="TrialFailed", message="out of memory (MemoryError)", fail_kind="killed")
-        return
     except Exception as e:  # noqa: BLE001 - any crash fails only this trial, with its reason
         import traceback
 
         traceback.print_exc()
         emit("error", kind="TrialFailed", message=f"{type(e).__name__}: {e}")
-        return
-    # The job marked its baseline in the imported module search.isolate, not in this __main__ copy.
-    emit("result", result=result, **importlib.import_module("search.isolate")._peaks())
+    else:
+        # The job marked its baseline in the imported module search.isolate, not in this __main__ copy.
+        emit("result", result=result, **importlib.import_module("search.isolate")._peaks())
+    # Everything is said: skip the interpreter's teardown of Keras and its backend (0.5-0.7 s a trial).
+    out.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class Context:
         # An online-augmented trial runs on the extraction backend (search.augment.trial_backend).
         env = {"KERAS_BACKEND": trial_backend(spec, self.backend)}
         return run_isolated(self.trial_target, spec, on_event, env=env, echo_stderr=self.debug, cpus=self.cpus,
-                            timeout=timeout)
+                            timeout=timeout, prestart=True)
 
 
 def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:

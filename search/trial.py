@@ -95,7 +95,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     augmented_views = augmented.views if augmented is not None else 0
     del x_train, augmented
 
-    report(stage="evaluating")
+    report(stage="evaluating", spare=True)  # training is over: the next trial's process may start now
     splits: dict[str, dict[str, Any]] = {}
     eval_proba, eval_time = head.predict(model, x_eval)
     splits[objective_split] = {"y": y_eval, "proba": eval_proba,
@@ -133,15 +133,20 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     return result
 
 
+def warm_up() -> None:
+    """Load Keras and start its backend: a process started ahead of its trial does this while it waits."""
+    import keras
+
+    keras.ops.convert_to_numpy(keras.ops.ones((8, 8)) @ keras.ops.ones((8, 8)))
+
+
 def _start_backend() -> None:
     """Load Keras and start its backend, then mark this as the process's memory baseline.
 
     ``trial_memory_mb`` is the peak above this point: what the trial's own work holds
     (data rows, model, optimizer state, compiled steps), not the interpreter and backend.
     """
-    import keras
-
-    keras.ops.convert_to_numpy(keras.ops.ones((8, 8)) @ keras.ops.ones((8, 8)))
+    warm_up()
     isolate.mark_baseline()
 
 

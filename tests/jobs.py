@@ -59,3 +59,19 @@ def burn(spec, report):
         x += 1
     return {"cores": sorted(os.sched_getaffinity(0)), "omp": os.environ.get("OMP_NUM_THREADS"),
             "tf_intra": os.environ.get("TF_NUM_INTRAOP_THREADS")}
+
+
+WARMED: dict[str, float] = {}
+
+
+def warm_up():
+    """Called by a process started ahead of its job (search.isolate's spare), before the job arrives."""
+    WARMED["at"] = time.time()
+
+
+def whoami(spec, report):
+    """Says when this process was warmed up and when its job began, and offers the next process a head start."""
+    began = time.time()
+    report(stage="done training", spare=True)
+    time.sleep(spec.get("linger_s", 0.0))
+    return {"pid": os.getpid(), "warmed_at": WARMED.get("at"), "began": began}

@@ -181,3 +181,22 @@ def test_train_time_alone_and_beside_another_worker_agree_with_the_same_cores(tm
     for core, times in paired.items():
         assert len(times) == 2, paired
         assert abs(min(times) - base) <= 0.30 * base, (core, times, alone)
+
+
+def test_a_job_that_offers_a_head_start_gets_the_next_process_started_and_warmed_early():
+    # The next call finds a process that imported the target and ran its warm_up() before that call began.
+    first = run_isolated("tests.jobs:whoami", {"linger_s": 1.5}, prestart=True)
+    called = time.time()
+    second = run_isolated("tests.jobs:whoami", {}, prestart=True)
+    assert second.result["pid"] != first.result["pid"]
+    assert second.result["warmed_at"] is not None and second.result["warmed_at"] < called
+    # The event that asked for it is not passed on as part of the job's progress.
+    events = []
+    run_isolated("tests.jobs:whoami", {}, events.append, prestart=True)
+    assert events == [{"event": "progress", "stage": "done training"}]
+
+
+def test_without_a_head_start_each_job_starts_its_own_process_when_called():
+    called = time.time()
+    out = run_isolated("tests.jobs:whoami", {})
+    assert out.result["warmed_at"] >= called
