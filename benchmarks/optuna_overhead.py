@@ -56,7 +56,9 @@ def measure(n_trials: int, workdir: Path, window: int = 50) -> dict[str, Any]:
         """The trial runner: no process, no training; values in a realistic range."""
         r = {**fake, "test_accuracy": float(rng.uniform(0.7, 0.9)), "test_roc_auc": float(rng.uniform(0.95, 0.99)),
              "train_time_s": float(rng.uniform(60, 600))}
-        return Outcome(r, peak_memory_mb=float(rng.uniform(900, 1400)), start_memory_mb=60.0)
+        peak = float(rng.uniform(900, 1400))
+        return Outcome(r, peak_memory_mb=peak, start_memory_mb=60.0, baseline_memory_mb=400.0,
+                       trial_memory_mb=peak - 400.0)
 
     # Curve 1: the service's own loop on SQLite.
     db = workdir / "overhead.db"

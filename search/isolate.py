@@ -198,6 +198,16 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
+def can_reset_peak() -> bool:
+    """Whether this kernel lets a process reset its memory high-water mark (needed for ``trial_memory_mb``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def mark_baseline() -> None:
     """Called by a job once it is ready to work: RSS now is its baseline; the peak counts from here."""
     _memory["pre_peak"] = _status_mb("VmHWM") or 0.0

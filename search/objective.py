@@ -203,6 +203,10 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
             _record_failure(trial, str(e), "interrupted")
             raise
         result = measures(outcome)
+        if missing := [m for m in ctx.config.metric_names if result.get(m) is None]:
+            e = TrialFailed(f"objective(s) not measured: {', '.join(missing)}")
+            _record_failure(trial, str(e), e.kind)
+            raise e
         values = [float(result[m]) for m in ctx.config.metric_names]
         pictures = outcome.result.get("pictures") or []
         stopped = snapshots.STOPPED_AT in result

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from search import config as cfg
-from search import data, features, signals, snapshots
+from search import data, features, isolate, signals, snapshots
 from search.errors import Interrupted, SearchError, StorageError, UsageError
 
 MAX_WORKERS_PER_CORE = 4
@@ -138,6 +138,9 @@ def _run(args: argparse.Namespace, trial_target: str | None) -> int:
     study_name = cfg.check_study_name(args.study_name if args.study_name is not None
                                       else default_study_name(config.name, args.weights))
     url = sto.check_url(sto.storage_url(args.storage))
+    if "trial_memory_mb" in config.metric_names and not isolate.can_reset_peak():
+        raise UsageError(f"study {config.name}: objective trial_memory_mb needs /proc/self/clear_refs (Linux >= 4.0), "
+                         "which this system does not allow; use peak_memory_mb instead")
     weights = features.resolve_weights(config.backbone.weights)
     runtime = features.runtime_identity(args.backend)
     display = Display(_quiet_console()) if args.worker else Display()  # a worker's parent shows progress

@@ -93,6 +93,18 @@ def test_trial_memory_can_be_the_objective(tmp_path):
     assert study.get_trials()[0].values[3] == 500.0
 
 
+def test_a_trial_whose_objective_was_not_measured_fails_naming_it(tmp_path):
+    config = _config(tmp_path, **{'metric = "peak_memory_mb"': 'metric = "trial_memory_mb"'})
+    study = _study(tmp_path, config)
+
+    def unmeasured(spec, on_event, timeout) -> Outcome:  # the kernel refused to reset the high-water mark
+        return Outcome(dict(KNOWN), peak_memory_mb=900.0, start_memory_mb=50.0)
+
+    study.optimize(obj.make_objective(_ctx(config, unmeasured), lambda e: None), n_trials=1, catch=(TrialFailed,))
+    (t,) = study.get_trials()
+    assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "objective(s) not measured: trial_memory_mb"
+
+
 def test_the_trial_process_gets_its_whole_job(tmp_path):
     config = _config(tmp_path)
     runner = Runner()
