@@ -119,6 +119,7 @@ def _extract(target: str, spec: dict[str, Any], cache_dir: Path, key: str, n_ima
 
 
 def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
+    start_load = [round(x, 2) for x in os.getloadavg()]
     base = load_config(BASE_STUDY)
     weights = features.resolve_weights(a.weights)
     runtime = features.runtime_identity("jax")
@@ -166,7 +167,7 @@ def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
                 f"({r['keras_backend']}), peak {out.peak_memory_mb:.0f} MB")
     return {"settings": {"subset": a.subset, "n_images": n, "seeds": a.seeds, "epochs": a.epochs,
                          "views": a.view_counts, "weights": weights.identity, "base": f"{BASE_STUDY}:{BASE_ARM}"},
-            "machine": _machine(), "extraction": extraction, "runs": runs}
+            "machine": {**_machine(), "load_avg_at_start": start_load}, "extraction": extraction, "runs": runs}
 
 
 def memory(a: argparse.Namespace, cache_dir: Path, n_views: int) -> dict[str, Any]:
@@ -226,6 +227,10 @@ def _machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def _load(load: list[float] | None) -> str:
+    return "/".join(f"{v:.2f}" for v in load) if load else "not recorded"
+
+
 def _fmt_ci(s: dict[str, Any], digits: int = 3) -> str:
     if s["ci95"] is None:
         return f"{s['mean']:.{digits}f} (n={s['n']})"
@@ -241,7 +246,9 @@ def markdown(res: dict[str, Any], command: str) -> str:
     lines = [f"`{command}`", "",
              f"{st['n_images']:,} Fashion-MNIST images ({st['base']} settings: rotation 20, shifts 0.2, flip; "
              f"split 0.8, batch 32, {st['epochs']} epochs), weights {st['weights']}, seeds 0-{st['seeds'] - 1}; "
-             f"{res['machine']['cores']} cores ({res['machine']['cpu']}), {res['machine']['date']}. "
+             f"{res['machine']['cores']} cores ({res['machine']['cpu']}), {res['machine']['date']}; "
+             f"load average {_load(res['machine'].get('load_avg_at_start'))} at start, "
+             f"{_load(res['machine'].get('load_avg_at_end'))} at end. "
              f"Mean [95% t-interval over seeds]; differences paired by seed (same split).", "",
              "| arm | test accuracy | minus online | test ROC AUC | train time (s) | peak memory (MB) |",
              "|---|---|---|---|---|---|"]

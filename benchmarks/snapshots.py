@@ -180,7 +180,7 @@ def to_toml(config) -> str:
             continue
         if section == "objectives":
             for o in body:
-                lines += ["", "[[objectives]]", *(f"{k} = {value(x)}" for k, x in o.items())]
+                lines += ["", "[[objectives]]", *(f"{k} = {value(x)}" for k, x in o.items() if x is not None)]
         elif section == "arms":
             for arm, fields in body.items():
                 lines += ["", f"[arms.{arm}]", *(f"{k} = {value(x)}" for k, x in fields.items())]

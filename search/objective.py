@@ -207,7 +207,7 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
             e = TrialFailed(f"objective(s) not measured: {', '.join(missing)}")
             _record_failure(trial, str(e), e.kind)
             raise e
-        values = [float(result[m]) for m in ctx.config.metric_names]
+        values = ctx.config.objective_values(result)
         pictures = outcome.result.get("pictures") or []
         stopped = snapshots.STOPPED_AT in result
 

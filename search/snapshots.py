@@ -241,7 +241,7 @@ def record(study: Any, parent: int, params: dict[str, Any], distributions: dict[
     numbers = []
     for snap in result.get("snapshots") or []:
         attrs = snapshot_attrs(result, snap, parent, resolved)
-        values = [float(attrs[m]) for m in config.metric_names]
+        values = config.objective_values(attrs)
         if any(math.isnan(v) for v in values):
             continue
         constraints = None

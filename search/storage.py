@@ -9,6 +9,7 @@ heartbeat, so a trial whose process died is failed and retried.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import time
 import urllib.parse
@@ -92,6 +93,27 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return dict(PG_POOL)
 
 
+def _enable_wal(path: str, url: str, wait_s: float = 60.0) -> None:
+    """Switch the SQLite file to WAL.  Two processes switching at once can get "database is locked" at once
+    (SQLite does not wait on its busy timeout there), so the switch is retried for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)
+            try:  # closed at once: a connection left open holds its lock and blocks the other process's switch
+                if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise StorageError(f"--storage: cannot open {mask(url)}: {e}") from None
+            time.sleep(0.05 + random.random() * 0.2)
+        except sqlite3.Error as e:
+            raise StorageError(f"--storage: cannot open {mask(url)}: {e}") from None
+
+
 def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None,
                  max_retry: int = 2) -> optuna.storages.RDBStorage:
     """A storage for a run: created if missing, with heartbeat and the retry of stale trials."""
@@ -103,11 +125,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
         # and let readers (the dashboard) proceed during writes (WAL).
         from sqlalchemy.engine import make_url
 
-        try:
-            with sqlite3.connect(make_url(url).database, timeout=SQLITE_TIMEOUT_S) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.Error as e:
-            raise StorageError(f"--storage: cannot open {mask(url)}: {e}") from None
+        _enable_wal(make_url(url).database, url)
     # Heartbeat and its retry callback are "experimental" (since v2.8): not news for a user.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for attempt in range(5):

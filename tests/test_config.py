@@ -70,6 +70,21 @@ def test_objective_names_say_the_split_of_the_study(tmp_path):
         "test_accuracy", "test_roc_auc", "train_time_s", "peak_memory_mb"]
 
 
+def test_an_objective_with_a_resolution_reaches_the_sampler_in_its_steps(tmp_path):
+    c = _load(tmp_path, SMOKE.replace('metric = "peak_memory_mb"\ndirection = "minimize"',
+                                      'metric = "peak_memory_mb"\ndirection = "minimize"\nresolution = 16.0'))
+    measured = {"test_accuracy": 0.8123, "test_roc_auc": 0.97, "train_time_s": 12.34, "peak_memory_mb": 1105.9}
+    assert c.objective_values(measured) == [0.8123, 0.97, 12.34, 1104.0]
+    assert c.objective_values({**measured, "peak_memory_mb": 1104.4}) == [0.8123, 0.97, 12.34, 1104.0]
+    assert c.objective_values({**measured, "peak_memory_mb": 1121.0})[3] == 1120.0
+    assert c.objective_values({**measured, "peak_memory_mb": float("nan")})[3] != 1104.0  # NaN stays NaN
+    # Without a resolution the value is the measured one, and the identity of stored studies is unchanged.
+    plain = cfg.load_config("smoke", ROOT / "study_configs")
+    assert plain.objective_values(measured) == [0.8123, 0.97, 12.34, 1105.9]
+    assert all("resolution" not in o for o in config_identity(plain)["objectives"])
+    assert config_identity(c)["objectives"][3]["resolution"] == 16.0
+
+
 def test_new_studies_default_to_the_validation_protocol(tmp_path):
     c = _load(tmp_path, SMOKE.replace('evaluation = "test"      #', "#"))
     assert c.objective_split == "validation"
@@ -112,6 +127,10 @@ BAD = [
     ('name = "tpe"', 'name = "bayes"', "sampler.name: unknown sampler 'bayes'; valid: tpe, random, grid, nsga2, qmc"),
     ('metric = "roc_auc"', 'metric = "auc"', "objectives.1.metric: unknown metric 'auc'; valid: accuracy, "),
     ('direction = "minimize"', 'direction = "down"', "objectives.2.direction: Input should be 'maximize' or 'minimize'"),
+    ('direction = "minimize"', 'direction = "minimize"\nresolution = 0', "objectives.2.resolution: Input should be "
+     "greater than 0"),
+    ('direction = "minimize"', 'direction = "minimize"\nresolution = nan', "objectives.2.resolution: Input should be "
+     "a finite number"),
     ('metric = "roc_auc"', 'metric = "accuracy"', "objectives: an objective's metric appears twice"),
     ("[training]", "[training]\nbatchsize = 64", "training.batchsize: unknown key"),
     ("[run]", "[runs]", "runs: unknown key"),

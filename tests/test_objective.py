@@ -93,6 +93,15 @@ def test_trial_memory_can_be_the_objective(tmp_path):
     assert study.get_trials()[0].values[3] == 500.0
 
 
+def test_an_objective_with_a_resolution_is_stored_in_its_steps_and_measured_beside(tmp_path):
+    config = _config(tmp_path, **{'metric = "peak_memory_mb"\ndirection = "minimize"':
+                                  'metric = "peak_memory_mb"\ndirection = "minimize"\nresolution = 64.0'})
+    study = _study(tmp_path, config)
+    study.optimize(obj.make_objective(_ctx(config, Runner()), lambda e: None), n_trials=1)
+    (t,) = study.get_trials()
+    assert t.values[3] == 896.0 and t.user_attrs["peak_memory_mb"] == 900.0
+
+
 def test_a_trial_whose_objective_was_not_measured_fails_naming_it(tmp_path):
     config = _config(tmp_path, **{'metric = "peak_memory_mb"': 'metric = "trial_memory_mb"'})
     study = _study(tmp_path, config)

@@ -82,6 +82,17 @@ def test_bad_flags_fail_in_one_line_and_create_nothing(main_here, args, code, me
     assert os.listdir(main_here.work) == []  # no studies.db (-wal, -shm), no cache, no artifacts
 
 
+def test_trial_memory_as_objective_on_a_kernel_that_cannot_measure_it_is_one_line(main_here, monkeypatch):
+    from search import isolate
+
+    monkeypatch.setattr(isolate, "can_reset_peak", lambda: False)
+    rc, err = main_here(run.main, "--study", "fmnist_reg", "--weights", "random")
+    assert rc == 2
+    assert lines(err)[-1] == ("error: study fmnist_reg: objective trial_memory_mb needs /proc/self/clear_refs "
+                              "(Linux >= 4.0), which this system does not allow; use peak_memory_mb instead")
+    assert os.listdir(main_here.work) == []
+
+
 def test_bad_input_through_the_real_command_has_no_traceback_and_leaves_no_database(tmp_path):
     r = run_cli("--study", "smoke", "--seed", "-1", cwd=tmp_path)
     assert (r.returncode, r.stderr) == (2, "error: --seed: must be 0-4294967295, got -1\n")

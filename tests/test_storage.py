@@ -77,6 +77,33 @@ def test_a_run_storage_is_shared_safely_by_processes(tmp_path):
     sto.dispose(storage)
 
 
+def test_a_wal_switch_refused_at_once_by_another_process_is_retried(tmp_path, monkeypatch):
+    """Two processes opening one new file at once: SQLite refuses one switch to WAL at once ("database is
+    locked", without waiting on its busy timeout), which once failed a concurrent search.confirm."""
+    db = tmp_path / "s.db"
+    sqlite3.connect(db).close()
+    real_connect, refusals = sqlite3.connect, [2]
+
+    class Busy:
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql):
+            if sql.startswith("PRAGMA journal_mode=") and refusals[0]:
+                refusals[0] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self.con.execute(sql)
+
+        def close(self):
+            self.con.close()
+
+    monkeypatch.setattr(sto.sqlite3, "connect", lambda *a, **k: Busy(real_connect(*a, **k)))
+    sto.open_storage(f"sqlite:///{db}")
+    assert refusals == [0]
+    monkeypatch.undo()
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_a_storage_that_must_exist_is_never_created(tmp_path):
     missing = tmp_path / "studies.db"
     with pytest.raises(UsageError, match=f"--storage: no database at {missing}; run `python -m search.run"):

@@ -39,6 +39,9 @@ def config_identity(config: Any) -> dict[str, Any]:
                 del d[section][f]
             if not d[section]:
                 del d[section]
+    for objective in d["objectives"]:
+        if objective.get("resolution") is None:  # added later; absent is the behaviour from before
+            objective.pop("resolution", None)
     if not config.constraints.budgets():
         del d["constraints"]
     if not d.get("arms"):
