@@ -199,10 +199,11 @@ def _status_mb(field: str) -> float | None:
 
 
 def can_reset_peak() -> bool:
-    """Whether this kernel lets a process reset its memory high-water mark (needed for ``trial_memory_mb``)."""
+    """Reset this process's memory high-water mark to its current RSS; False where the kernel does not allow it
+    (then ``trial_memory_mb`` cannot be measured)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         return True
     except OSError:
         return False
@@ -212,12 +213,7 @@ def mark_baseline() -> None:
     """Called by a job once it is ready to work: RSS now is its baseline; the peak counts from here."""
     _memory["pre_peak"] = _status_mb("VmHWM") or 0.0
     _memory["baseline"] = _status_mb("VmRSS") or 0.0
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        _memory["reset"] = 1.0
-    except OSError:
-        _memory["reset"] = 0.0
+    _memory["reset"] = 1.0 if can_reset_peak() else 0.0
 
 
 def _peaks() -> dict[str, float | None]:

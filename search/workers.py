@@ -246,7 +246,7 @@ def _stop(workers: list[Worker], signum: int) -> None:
 def _adopt_display(display: Any, n_workers: int) -> Any:
     """Turn the run's Display into one fed by polling the storage instead of by the objective's events.
 
-    (Defined here, not at import, so that ``fast_trial``'s process does not import rich and Optuna.)
+    (Imports inside, not at module import: a trial process that imports this module needs neither rich nor Optuna.)
     """
     from optuna.trial import TrialState
 
