@@ -92,7 +92,8 @@ def trial_spec(ctx: Context, params: dict[str, Any], number: int | None = None) 
             "params": params, "seed": c.training.seed,
             "reduce_classes": list(c.balance.reduce_classes), "reduce_fraction": c.balance.reduce_fraction,
             "evaluation": c.training.evaluation, "validation_fraction": c.training.validation_fraction,
-            "augmentation": c.augmentation.model_dump(mode="json"), **ctx.extra_spec}
+            "augmentation": c.augmentation.model_dump(mode="json"), "curve_rows": c.run.curve_rows,
+            **ctx.extra_spec}
     if ctx.artifact_dir is not None:
         spec["pictures"] = {"header": f"trial {number}" if number is not None else "trial",
                             "backend": ctx.backend, "weights": ctx.weights}

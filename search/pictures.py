@@ -86,8 +86,12 @@ def roc_curves_png(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[
     return path
 
 
-def learning_curves_png(history: dict[str, list[float]], eval_key: str, path: Path, title: str) -> Path:
-    """Training loss, training accuracy and accuracy on the evaluation split per epoch (the paper's curves)."""
+def learning_curves_png(history: dict[str, list[float]], eval_key: str, path: Path, title: str,
+                        eval_label: str | None = None) -> Path:
+    """Training loss, training accuracy and accuracy on the evaluation split per epoch (the paper's curves).
+
+    ``eval_label`` names the evaluation curve in the legend (it says when the curve is on a sample).
+    """
     epochs = list(range(1, len(history["loss"]) + 1))
     fig = _figure(10, 3.6)
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -96,7 +100,8 @@ def learning_curves_png(history: dict[str, list[float]], eval_key: str, path: Pa
     ax_loss.set_ylabel("training loss")
     ax_acc.plot(epochs, history["accuracy"], marker="o", ms=3, label="training accuracy")
     if history.get(eval_key):
-        ax_acc.plot(epochs[:len(history[eval_key])], history[eval_key], marker="s", ms=3, label=eval_key)
+        ax_acc.plot(epochs[:len(history[eval_key])], history[eval_key], marker="s", ms=3,
+                    label=eval_label or eval_key)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend(fontsize=8)
@@ -108,7 +113,8 @@ def learning_curves_png(history: dict[str, list[float]], eval_key: str, path: Pa
 
 
 def draw_trial(out_dir: Path, splits: dict[str, dict[str, Any]], history: dict[str, list[float]], eval_key: str,
-               class_names: Sequence[str], header: str, train_counts: Sequence[int] | None) -> list[str]:
+               curve_label: str, class_names: Sequence[str], header: str,
+               train_counts: Sequence[int] | None) -> list[str]:
     """Every picture of one trial into ``out_dir``; returns the file paths.
 
     ``splits``: split name -> {"y": labels, "proba": probabilities, "measures": metrics.evaluate(...)}.
@@ -129,5 +135,6 @@ def draw_trial(out_dir: Path, splits: dict[str, dict[str, Any]], history: dict[s
                                         f"{what}: per-class recall", train_counts))
         out.append(roc_curves_png(d["y"], d["proba"], class_names, out_dir / f"{prefix[split]}_roc_curves.png",
                                   f"{what}: ROC, macro AUC {m['roc_auc']:.3f}"))
-    out.append(learning_curves_png(history, eval_key, out_dir / "learning_curves.png", f"{header}\nlearning curves"))
+    out.append(learning_curves_png(history, eval_key, out_dir / "learning_curves.png", f"{header}\nlearning curves",
+                                   curve_label))
     return [str(p) for p in out]

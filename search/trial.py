@@ -30,6 +30,7 @@ class Split:
     test: np.ndarray                # held-out test rows
     train_counts: list[int]
     reduced: tuple[int, ...]
+    curve: int                      # the evaluation split's first ``curve`` rows are the learning curve's sample
 
 
 def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
@@ -63,14 +64,17 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
     y_test = y[split.test]
     eval_key = f"{metrics.SPLIT_PREFIX[objective_split]}_accuracy"
     curve: list[float] = []
+    k = split.curve
     snaps = snapshots.EpochSnapshots(spec.get("snapshots"))
 
     def after_epoch(epoch: int, model: Any) -> bool:
-        # The paper's training curves: accuracy on the evaluation split after each epoch.
-        proba, took = head.predict(model, x_eval)
-        curve.append(float(np.mean(proba.argmax(axis=1) == y_eval)))
+        # The paper's training curves: accuracy after each epoch, on the evaluation split's curve sample.
         if not snaps.wants(epoch):
+            proba, _ = head.predict(model, x_eval[:k])
+            curve.append(float(np.mean(proba.argmax(axis=1) == y_eval[:k])))
             return False
+        proba, took = head.predict(model, x_eval)
+        curve.append(float(np.mean(proba[:k].argmax(axis=1) == y_eval[:k])))
         # An epoch snapshot (search.snapshots): this epoch's model as an e-epoch trial, from the same prediction.
         measures = metrics.prefixed(metrics.evaluate(y_eval, proba, spec["n_classes"], split.reduced),
                                     objective_split)
@@ -116,7 +120,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
         objective_split=objective_split, keras_backend=keras.backend.backend(),
         threads=len(os.sched_getaffinity(0)),
         train_time_s=fit.train_time_s, compile_time_s=fit.compile_time_s, epoch_time_s=fit.epoch_time_s,
-        eval_time_s=fit.eval_time_s, epochs_run=fit.epochs_run, history=history,
+        eval_time_s=fit.eval_time_s, epochs_run=fit.epochs_run, history=history, curve_rows=k,
         test_time_s=test_time, n_train=int(len(split.fit)), n_test=int(len(split.test)),
         imbalance_profile=p.get("profile", "paper") if p["balance"] == "imbalanced" else "none",
         reduced_classes=list(split.reduced), handling=handling,
@@ -129,7 +133,8 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
                       val_class_counts=data.class_counts(y[split.val], spec["n_classes"]))
     if spec.get("pictures"):
         report(stage="drawing pictures")
-        result["pictures"] = _draw(spec, splits, history, eval_key, split.train_counts)
+        curve_label = eval_key if k == len(y_eval) else f"{eval_key} ({k:,}-row stratified sample)"
+        result["pictures"] = _draw(spec, splits, history, eval_key, curve_label, split.train_counts)
     return result
 
 
@@ -158,7 +163,11 @@ def head_params(p: dict[str, Any]) -> head.HeadParams:
 
 
 def split_rows(spec: dict[str, Any], labels: np.ndarray) -> Split:
-    """The trial's fit/validation/test rows: stratified, seeded; imbalance on the training part only."""
+    """The trial's fit/validation/test rows: stratified, seeded; imbalance on the training part only.
+
+    The evaluation split's rows are ordered with the learning curve's sample first (``Split.curve``),
+    so that the per-epoch prediction reads a slice, not a copy.
+    """
     p, seed, n_classes = spec["params"], spec["seed"], spec["n_classes"]
     profile = p.get("profile", "paper")
     reduce_classes = tuple(spec["reduce_classes"])
@@ -167,19 +176,39 @@ def split_rows(spec: dict[str, Any], labels: np.ndarray) -> Split:
     if p["balance"] == "imbalanced":
         fit_idx = data.apply_profile(fit_idx, labels, n_classes, profile, seed, rho=p.get("rho", 10.0),
                                      paper_classes=reduce_classes, fraction=spec["reduce_fraction"])
+    eval_idx, curve = curve_first(val_idx if val_idx is not None else test_idx, labels, spec.get("curve_rows", 0),
+                                  seed)
+    val_idx, test_idx = (eval_idx, test_idx) if val_idx is not None else (None, eval_idx)
     return Split(fit_idx, val_idx, test_idx, data.class_counts(labels[fit_idx], n_classes),
-                 data.reduced_classes(profile, n_classes, reduce_classes))
+                 data.reduced_classes(profile, n_classes, reduce_classes), curve)
+
+
+def curve_first(idx: np.ndarray, labels: np.ndarray, rows: int, seed: int) -> tuple[np.ndarray, int]:
+    """``idx`` reordered so that its first rows are a stratified, seeded sample of ``rows`` of them; and how many.
+
+    ``rows`` 0 (or at least ``len(idx)``): the whole split, order unchanged.
+    """
+    if rows <= 0 or rows >= len(idx):
+        return idx, len(idx)
+    from sklearn.model_selection import train_test_split
+
+    pos = np.arange(len(idx))
+    try:
+        sample, rest = train_test_split(pos, train_size=rows, stratify=labels[idx], random_state=seed)
+    except ValueError:  # a class with a single row cannot be stratified: a plain seeded sample
+        sample, rest = train_test_split(pos, train_size=rows, random_state=seed)
+    return idx[np.concatenate([np.sort(sample), np.sort(rest)])], rows
 
 
 def _draw(spec: dict[str, Any], splits: dict[str, dict[str, Any]], history: dict[str, list[float]], eval_key: str,
-          train_counts: list[int]) -> list[str]:
+          curve_label: str, train_counts: list[int]) -> list[str]:
     """The trial's pictures into a fresh directory the coordinator uploads and removes.  Never raises."""
     from search import pictures
 
     try:
         out = tempfile.mkdtemp(prefix="search-pictures-", dir=spec["pictures"].get("tmp_dir"))
         return pictures.draw_trial(
-            Path(out), splits, history, eval_key, spec["class_names"],
+            Path(out), splits, history, eval_key, curve_label, spec["class_names"],
             f"{spec['pictures']['header']}, Keras/{spec['pictures']['backend']}, weights {spec['pictures']['weights']}",
             train_counts)
     except Exception as e:  # a picture is never worth a trial

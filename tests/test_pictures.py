@@ -46,7 +46,7 @@ def drawn(tmp_path_factory):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(pictures, "_figure", figure)
         files = pictures.draw_trial(tmp_path, {"validation": _split(0, 120), "test": _split(1, 200)}, history,
-                                    "val_accuracy", NAMES, "trial 7, Keras/jax, weights random(seed=0)", [48] * 10)
+                                    "val_accuracy", "val_accuracy (50-row stratified sample)", NAMES, "trial 7, Keras/jax, weights random(seed=0)", [48] * 10)
     return [Path(f) for f in files], titles
 
 
@@ -78,6 +78,7 @@ def test_every_title_names_its_split_its_images_and_the_trial(drawn):
 
 def test_a_test_protocol_trial_draws_only_the_test_split(tmp_path):
     history = {"loss": [1.0], "accuracy": [0.6], "test_accuracy": [0.6], "epoch_time_s": [1.0]}
-    files = pictures.draw_trial(tmp_path, {"test": _split(2)}, history, "test_accuracy", NAMES, "trial 0", None)
+    files = pictures.draw_trial(tmp_path, {"test": _split(2)}, history, "test_accuracy", "test_accuracy", NAMES,
+                                "trial 0", None)
     assert sorted(Path(f).name for f in files) == ["learning_curves.png", "test_confusion_matrix.png",
                                                    "test_per_class_recall.png", "test_roc_curves.png"]

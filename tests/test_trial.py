@@ -12,7 +12,7 @@ import pytest
 from search import features, metrics
 from search.errors import CacheError
 from search.isolate import run_isolated
-from search.trial import head_params, run_trial, split_rows
+from search.trial import curve_first, head_params, run_trial, split_rows
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,31 @@ def test_rows_are_split_without_overlap_and_seeded():
     assert split.train_counts == [18] * 3 + [36] * 7 and split.reduced == (0, 1, 2)
     again = split_rows(s, labels)
     assert np.array_equal(split.fit, again.fit) and np.array_equal(split.test, again.test)
+
+
+def test_the_learning_curve_sample_is_stratified_seeded_and_leaves_the_split_whole():
+    labels = np.repeat(np.arange(10), 60)
+    idx = np.random.default_rng(1).permutation(600)[:400]
+    ordered, k = curve_first(idx, labels, 100, seed=0)
+    assert k == 100 and sorted(ordered) == sorted(idx)  # every row of the split stays, once
+    counts = np.bincount(labels[ordered[:k]], minlength=10)
+    assert counts.min() >= np.bincount(labels[idx], minlength=10).min() * 100 // 400 - 1  # each class in proportion
+    assert np.array_equal(ordered, curve_first(idx, labels, 100, seed=0)[0])
+    assert not np.array_equal(ordered[:k], curve_first(idx, labels, 100, seed=1)[0][:k])
+    for whole in (0, 400, 10_000):
+        assert np.array_equal(curve_first(idx, labels, whole, seed=0)[0], idx)
+
+
+def test_a_curve_on_a_sample_changes_the_curve_only(cache):
+    """The learning curve on 40 of the 120 validation rows: the trial's measures are those of the whole split."""
+    whole, sampled = _run(spec(cache, epochs=2)), _run({**spec(cache, epochs=2), "curve_rows": 40})
+    assert (whole["curve_rows"], sampled["curve_rows"]) == (120, 40)
+    assert len(sampled["history"]["val_accuracy"]) == 2
+    assert all(abs(a * 40 - round(a * 40)) < 1e-9 for a in sampled["history"]["val_accuracy"])  # accuracies of 40 rows
+    assert whole["history"]["val_accuracy"][-1] == pytest.approx(whole["val_accuracy"])
+    for m in ("val_accuracy", "val_roc_auc", "test_accuracy", "test_f1"):
+        assert sampled[m] == pytest.approx(whole[m], abs=1e-6), m
+    assert sampled["n_val"] == whole["n_val"] == 120
 
 
 def test_head_params_take_every_setting_of_the_trial():

@@ -310,6 +310,10 @@ class Run(_Frozen):
     epoch_snapshots: bool = False
     early_stopping: str = "none"    # search.snapshots.EARLY_STOPPING
     rungs: tuple[int, ...] = (5, 10, 20)
+    # Rows of the evaluation split the per-epoch learning curve is measured on: a stratified, seeded sample,
+    # so the curve costs one small prediction per epoch (the whole split after every epoch was 7.7 s of a
+    # 92 s trial, measured).  0: the whole split.  The final measures always use the whole split.
+    curve_rows: int = Field(5_000, ge=0, le=10_000_000)
 
     @field_validator("early_stopping")
     @classmethod
