@@ -18,7 +18,7 @@ from pathlib import Path
 
 from search import config as cfg
 from search import data, features, isolate, signals, snapshots
-from search.errors import Interrupted, SearchError, StorageError, UsageError
+from search.errors import Interrupted, StorageError, UsageError, cli_main
 
 MAX_WORKERS_PER_CORE = 4
 
@@ -94,21 +94,18 @@ def default_study_name(config_name: str, weights: str | None) -> str:
 
 def main(argv: list[str] | None = None, *, trial_target: str | None = None) -> int:
     """``trial_target``: the "module:function" each trial process runs (default search.trial:run_trial)."""
-    args = parse_args(argv)
+    return cli_main(lambda args: _unmasked(args, trial_target), parse_args(argv))
+
+
+def _unmasked(args: argparse.Namespace, trial_target: str | None) -> int:
     try:
         return _run(args, trial_target)
-    except SearchError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
     except AssertionError as e:
         # Optuna hides a failed final write of a trial behind AssertionError('Should not reach.').
         real = e.__context__
-        if args.debug or real is None:
+        if real is None:
             raise
-        print(f"error: storage write failed: {type(real).__name__}: {str(real).splitlines()[0]}", file=sys.stderr)
-        return StorageError.exit_code
+        raise StorageError(f"storage write failed: {type(real).__name__}: {str(real).splitlines()[0]}") from e
 
 
 def load_settings(args: argparse.Namespace) -> cfg.StudyConfig:

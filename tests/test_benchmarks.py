@@ -309,3 +309,44 @@ def test_study_benchmark_smoke_end_to_end(tmp_path):
     md = results.read_text()
     assert "<!-- run: python -m benchmarks.study --study smoke --n-trials 2 -->" in md
     assert "| trials COMPLETE (FAIL) | 2 (0) |" in md and not any(p in md for p in MACHINE_PATHS)
+
+
+def _stored_study(path, trials):
+    """A SQLite study holding COMPLETE trials given as (params, train_time_s, eval_time_s, wall, snapshot)."""
+    import datetime as dt
+
+    import optuna
+
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="s", directions=["maximize"])
+    start = dt.datetime(2026, 1, 1)
+    for params, fit, ev, wall, snap in trials:
+        attrs = {"train_time_s": fit, "eval_time_s": ev, "test_time_s": 1.0, **({"snapshot_of": 0} if snap else {})}
+        study.add_trial(optuna.trial.FrozenTrial(  # create_trial sets no times; a trial's wall time is the point
+            number=0, trial_id=0, state=optuna.trial.TrialState.COMPLETE, value=None, values=[0.5],
+            datetime_start=start, datetime_complete=start + dt.timedelta(seconds=wall), params=params,
+            distributions={"x": optuna.distributions.IntDistribution(0, 9)}, user_attrs=attrs, system_attrs={},
+            intermediate_values={}))
+    return str(path)
+
+
+def test_paired_compares_only_trials_with_the_same_number_and_parameters(tmp_path):
+    from benchmarks import paired
+
+    old = _stored_study(tmp_path / "old.db", [({"x": 1}, 100.0, 8.0, 120.0, False), ({"x": 2}, 50.0, 4.0, 60.0, False),
+                                              ({"x": 3}, 10.0, 1.0, 20.0, False)])
+    new = _stored_study(tmp_path / "new.db", [({"x": 1}, 110.0, 2.0, 118.0, False), ({"x": 2}, 55.0, 1.0, 60.0, False),
+                                              ({"x": 4}, 10.0, 1.0, 20.0, False)])   # trial 2 drew other parameters
+    a, b = paired.trials(old, None), paired.trials(new, None)
+    assert paired.paired(a, b) == [0, 1]
+    text = paired.summary(a, b)
+    assert text.startswith("2 paired trials (numbers 0, 1:")
+    assert "| fit (train_time_s), mean | 75.00 s | 82.50 s | 1.100 |" in text
+    assert "| per-epoch evaluation (eval_time_s), mean | 6.00 s | 1.50 s | 0.250 |" in text
+    assert "| outside fit (wall - train_time_s), mean | 15.00 s | 6.50 s | 0.433 |" in text
+
+
+def test_paired_leaves_out_snapshots(tmp_path):
+    from benchmarks import paired
+
+    db = _stored_study(tmp_path / "s.db", [({"x": 1}, 10.0, 1.0, 12.0, False), ({"x": 1}, 5.0, 1.0, 12.0, True)])
+    assert list(paired.trials(db, "s")) == [0]

@@ -126,6 +126,17 @@ def test_learning_curves_draw_each_pareto_trials_history():
     assert "validation split" in [t.get_text() for t in fig.axes[1].get_legend().get_texts()][1]
 
 
+def test_learning_curves_say_when_they_were_measured_on_a_sample():
+    study = new_study(None, "curve", [("val_accuracy", "maximize")])
+    add(study, [0.6], {**attrs(0.6, 0.9, 10.0, 1000.0, split="validation"), "curve_rows": 40})  # of 100 rows
+    legend = [t.get_text() for t in figures.learning_curves(load.from_study(study)).axes[1].get_legend().get_texts()]
+    assert legend[-1] == "validation split (40-row stratified sample)"
+    whole = new_study(None, "whole", [("val_accuracy", "maximize")])
+    add(whole, [0.6], {**attrs(0.6, 0.9, 10.0, 1000.0, split="validation"), "curve_rows": 100})
+    legend = [t.get_text() for t in figures.learning_curves(load.from_study(whole)).axes[1].get_legend().get_texts()]
+    assert legend[-1] == "validation split"
+
+
 def test_learning_curves_are_not_drawn_without_histories():
     study = new_study(None, "n", [("test_accuracy", "maximize")])
     add(study, [0.5], {"test_accuracy": 0.5})
