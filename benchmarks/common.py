@@ -20,6 +20,21 @@ N_CLASSES = 10
 N_FEATURES = 2048
 
 
+# ---------------------------------------------------------------- kept studies
+
+def kept_study(db: str, name: str | None = None):
+    """(study, URL) of a stored study, e.g. the studies.db of ``python -m benchmarks.study --keep DIR``:
+    ``db`` a SQLite path or a storage URL; ``name`` by default the only study there, else fmnist_reg-random."""
+    import optuna
+
+    from search import storage
+
+    url = db if "://" in db else f"sqlite:///{Path(db).resolve()}"
+    st = storage.open_existing(url)
+    names = optuna.get_all_study_names(st)
+    return storage.load_study(st, name or (names[0] if len(names) == 1 else "fmnist_reg-random")), url
+
+
 # ---------------------------------------------------------------- the machine
 
 def machine() -> dict[str, Any]:

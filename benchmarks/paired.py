@@ -6,7 +6,7 @@ same number and the same parameters in both are a paired sample: their ``fit`` t
 machines (or sessions) trained, and the rest of each trial's time says what the change did outside ``fit``,
 free of TPE's different later draws.  Reads the studies only.
 
-    python -m benchmarks.paired /work/bench/plain30/studies.db /work/bench/plain30b/studies.db
+    python -m benchmarks.paired OLD/studies.db NEW/studies.db   # two runs of benchmarks.study --keep DIR
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ def trials(url: str, name: str | None) -> dict[int, dict[str, Any]]:
     """Number -> parameters and times of every COMPLETE trial that is not an epoch snapshot."""
     import optuna
 
-    from search import storage
+    from benchmarks.common import kept_study
     from search.snapshots import is_snapshot
 
-    st = optuna.storages.RDBStorage(storage.check_url(url if "://" in url else f"sqlite:///{url}"))
-    names = [s.study_name for s in st.get_all_studies()]
-    study = storage.load_study(st, name or (names[0] if len(names) == 1 else "fmnist_reg-random"))
+    study, _ = kept_study(url, name)
     out = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if is_snapshot(t):

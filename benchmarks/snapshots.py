@@ -428,19 +428,16 @@ def reached(c: list[tuple[float, float]], level: float) -> float | None:
 
 def plain_reference(plan: Plan, setup: Setup, base) -> dict[str, Any]:
     """The hypervolume of ``plan.plain_trials`` plain trials: from --plain-db, or run here (seed of the first)."""
-    import optuna
     from optuna.trial import TrialState
 
     from search import storage
     from search.snapshots import is_snapshot
 
     if plan.plain_db:
-        url = plan.plain_db if "://" in plan.plain_db else f"sqlite:///{Path(plan.plain_db).resolve()}"
-        st = storage.open_existing(url)
-        names = optuna.get_all_study_names(st)
-        name = plan.plain_study or (names[0] if len(names) == 1 else "fmnist_reg-random")
-        study = storage.load_study(st, name)
-        source = f"{storage.mask(url)} study {name}"
+        from benchmarks.common import kept_study
+
+        study, url = kept_study(plan.plain_db, plan.plain_study)
+        source = f"{storage.mask(url)} study {study.study_name}"
     else:
         config = variant_config(base, "plain", plan.seeds[0], plan, n_trials=plan.plain_trials)
         name = f"plain{plan.plain_trials}-s{plan.seeds[0]}"
