@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import mmap
@@ -46,6 +47,7 @@ INPUT_SHAPE = (32, 32, 3)
 RANDOM_WEIGHTS_SEED = 0
 EXTRACT_BATCH = 256
 BLOCK_ROWS = 4096          # rows per checksummed block (32 MB of float32 features)
+PREFETCH_BYTES = 4 << 20   # read-ahead request size of ``prefetch``
 DEFAULT_EXTRACTION_BACKEND = "tensorflow"   # ResNet50 forward is 2.5x faster on TF than JAX on these CPUs
 
 
@@ -63,9 +65,14 @@ def extraction_backend() -> str:
     return os.environ.get("KERAS_BACKEND") or DEFAULT_EXTRACTION_BACKEND
 
 
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()  # reads every installed package's metadata: 0.3 s
+
+
 def package_version(module: str) -> str:
     """The installed version of the distribution that provides ``module`` (tensorflow may be tensorflow-cpu)."""
-    for dist in metadata.packages_distributions().get(module, [module]):
+    for dist in _distributions().get(module, [module]):
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -313,6 +320,29 @@ class FeatureStore:
 
     def close(self) -> None:
         self._rows = self._mm = None  # type: ignore[assignment]
+
+
+def prefetch(cache_dir: Path | str, key: str) -> None:
+    """Ask the kernel to read a cache entry's features into its page cache, in the background.
+
+    A trial calls this when its training is over: the next trial's process copies its rows from the
+    same file seconds later, and a page the kernel reclaimed meanwhile (idle file pages are paged out:
+    a fully cached 547 MB file lost 8 MB in 30 s on these machines; a cold copy of a trial's rows took
+    2.3 s against 0.3 s warm) would be a disk read inside that copy.  It maps nothing, so no process's
+    memory grows; a failure only loses the head start.
+    """
+    try:
+        fd = os.open(Path(cache_dir) / key / "features.npy", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        for offset in range(0, size, PREFETCH_BYTES):  # one whole-file request reads only the first few MB
+            os.posix_fadvise(fd, offset, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):  # AttributeError: no posix_fadvise on this platform
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_verified(cache_dir: Path | str, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -66,7 +66,11 @@ class _Child:
 
 
 # Started children waiting for their job, per (target, environment, stderr, cores): see ``prestart``.
-_spares: dict[tuple, _Child] = {}
+# Two wait: the one the next job takes warmed up during an earlier job's last steps and is ready, and
+# the other warms up now.  With one, every trial waited for its process (0.8-1.0 s, measured): warming
+# up (Keras and JAX, 3.2 s beside the finishing trial) takes longer than a trial's last steps (~2 s).
+SPARES = 2
+_spares: dict[tuple, list[_Child]] = {}
 
 
 def _start(target: str, child_env: dict[str, str], echo_stderr: bool, affinity: list[int] | None) -> _Child:
@@ -85,12 +89,28 @@ def _start(target: str, child_env: dict[str, str], echo_stderr: bool, affinity: 
     return _Child(proc, err)
 
 
+def _discard(child: _Child) -> None:
+    child.proc.kill()
+    child.proc.wait()
+    child.err.close()
+
+
 def _discard_spares() -> None:
-    for child in _spares.values():
-        child.proc.kill()
-        child.proc.wait()
-        child.err.close()
+    for waiting in _spares.values():
+        for child in waiting:
+            _discard(child)
     _spares.clear()
+
+
+def _take_spare(key: tuple) -> _Child | None:
+    """The longest-waiting started child for ``key`` that is still alive (it warmed up first)."""
+    waiting = _spares.get(key, [])
+    while waiting:
+        child = waiting.pop(0)
+        if child.proc.poll() is None:
+            return child
+        _discard(child)
+    return None
 
 
 atexit.register(_discard_spares)
@@ -102,8 +122,8 @@ def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], 
     """Call ``target`` ("module:function", taking (spec, report)) in a child process.
 
     ``prestart``: when the job reports an event with ``spare=True`` (a trial: its training is done), start
-    the process for the next call with the same target, environment and cores, so that its interpreter
-    and imports (seconds) overlap this job's last steps instead of the next job's time.
+    processes for the next calls with the same target, environment and cores until ``SPARES`` wait, so
+    that their interpreter and imports (seconds) overlap this job's last steps instead of a job's time.
     Raises the child's SearchError subclass with its message, or TrialFailed
     (kind "killed" or "timeout") when the child crashed, was killed or ran past ``timeout`` seconds.
     """
@@ -111,9 +131,7 @@ def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], 
                  "SEARCH_PARENT_PID": str(os.getpid()), **(thread_env(len(cpus)) if cpus else {}), **(env or {})}
     affinity = sorted(cpus) if cpus else None
     key = (target, tuple(sorted(child_env.items())), echo_stderr, tuple(affinity or ()))
-    child = _spares.pop(key, None)
-    if child is None or child.proc.poll() is not None:
-        child = _start(target, child_env, echo_stderr, affinity)
+    child = _take_spare(key) or _start(target, child_env, echo_stderr, affinity)
     proc, err = child.proc, child.err
     timed_out = threading.Event()
     timer = None
@@ -137,8 +155,10 @@ def run_isolated(target: str, spec: dict[str, Any], on_event: Callable[[Event], 
             elif event["event"] in ("result", "error"):
                 final = event
             else:
-                if prestart and event.pop("spare", False) and key not in _spares:
-                    _spares[key] = _start(target, child_env, echo_stderr, affinity)
+                if prestart and event.pop("spare", False):
+                    waiting = _spares.setdefault(key, [])
+                    while len(waiting) < SPARES:
+                        waiting.append(_start(target, child_env, echo_stderr, affinity))
                 on_event(event)
         _, status, usage = os.wait4(proc.pid, 0)
         reaped = True

@@ -79,6 +79,24 @@ def test_a_reader_refuses_rows_damaged_after_the_cache_was_checked(tmp_path):
         features.FeatureStore(tmp_path, "k").verify_all()
 
 
+def test_prefetch_asks_for_the_whole_file_and_a_missing_entry_is_no_error(tmp_path, monkeypatch):
+    """A trial's head start for the next one: every byte of the features file is requested, not the first
+    read-ahead window only; nothing is mapped; a missing entry (or a platform without fadvise) is silent."""
+    features.ensure_cached(tmp_path, "k", _builder([], n=2 * features.BLOCK_ROWS + 7, dim=256))
+    size = (tmp_path / "k" / "features.npy").stat().st_size
+    asked: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(features.os, "posix_fadvise", lambda fd, offset, length, advice: asked.append(
+        (offset, length, advice)))
+    features.prefetch(tmp_path, "k")
+    assert {a for _, _, a in asked} == {features.os.POSIX_FADV_WILLNEED}
+    covered = sorted((o, o + n) for o, n, _ in asked)
+    assert covered[0][0] == 0 and covered[-1][1] >= size > features.PREFETCH_BYTES
+    assert all(a[1] >= b[0] for a, b in zip(covered, covered[1:]))  # no gap
+    features.prefetch(tmp_path, "missing")  # no error
+    monkeypatch.delattr(features.os, "posix_fadvise")
+    features.prefetch(tmp_path, "k")  # no error
+
+
 def test_damaged_labels_or_metadata_are_refused_on_open(tmp_path):
     features.ensure_cached(tmp_path, "k", _builder([]))
     _flip(tmp_path / "k" / "labels.npy")

@@ -117,6 +117,21 @@ def test_the_same_seed_trains_the_same_head(xy):
     np.testing.assert_allclose(head.predict(a, x[:20])[0], head.predict(b, x[:20])[0], atol=1e-6)
 
 
+def test_a_head_built_in_another_thread_trains_the_same_head(xy):
+    """search.trial builds the head while it copies the rows: that must not change a trial's result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, y = xy
+    with ThreadPoolExecutor(1) as pool:
+        threaded = pool.submit(head.build_head, x.shape[1], 5, P, 3).result()
+    here = head.build_head(x.shape[1], 5, P, 3)
+    for a, b in zip(threaded.weights, here.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    head.fit(threaded, x, y, P, seed=3)
+    head.fit(here, x, y, P, seed=3)
+    np.testing.assert_array_equal(head.predict(threaded, x[:20])[0], head.predict(here, x[:20])[0])
+
+
 def test_class_weights_are_sklearns_balanced_weights():
     y = np.repeat(np.arange(3), [60, 30, 10])
     w = head.class_weights(y, 3)

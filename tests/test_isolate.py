@@ -196,6 +196,19 @@ def test_a_job_that_offers_a_head_start_gets_the_next_process_started_and_warmed
     assert events == [{"event": "progress", "stage": "done training"}]
 
 
+def test_two_processes_wait_so_that_the_one_a_job_takes_warmed_up_before_the_previous_job_ended():
+    # A trial's last steps (~2 s) are shorter than a process's warm-up (~3 s): the process the next job
+    # takes must have been started a job earlier, not during the job just ended.
+    run_isolated("tests.jobs:whoami", {"linger_s": 1.0}, prestart=True)
+    called = time.time()
+    second = run_isolated("tests.jobs:whoami", {"linger_s": 1.0}, prestart=True)
+    third_called = time.time()
+    third = run_isolated("tests.jobs:whoami", {}, prestart=True)
+    assert second.result["warmed_at"] < called
+    assert third.result["warmed_at"] < called < third_called  # started during the first job, not the second
+    assert len({second.result["pid"], third.result["pid"]}) == 2
+
+
 def test_without_a_head_start_each_job_starts_its_own_process_when_called():
     called = time.time()
     out = run_isolated("tests.jobs:whoami", {})
