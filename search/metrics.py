@@ -9,6 +9,7 @@ on a split and stored with that split's prefix (``val_accuracy``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -80,3 +81,12 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int,
 def prefixed(measures: dict, split: str) -> dict:
     """``evaluate``'s result with every key prefixed by the split (``val_``/``test_``)."""
     return {f"{SPLIT_PREFIX[split]}_{k}": v for k, v in measures.items()}
+
+
+def curve_sample_note(sample_rows: Iterable[int]) -> str:
+    """What a learning-curve legend adds when curves were measured on a sample of their split (run.curve_rows).
+
+    ``sample_rows``: the sample sizes in use (none: the curves cover their whole split, nothing is added).
+    """
+    sizes = sorted(set(sample_rows))
+    return f" ({' / '.join(f'{r:,}' for r in sizes)}-row stratified sample)" if sizes else ""

@@ -141,7 +141,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
                       val_class_counts=data.class_counts(y[split.val], spec["n_classes"]))
     if spec.get("pictures"):
         report(stage="drawing pictures")
-        curve_label = eval_key if k == len(y_eval) else f"{eval_key} ({k:,}-row stratified sample)"
+        curve_label = eval_key + metrics.curve_sample_note([k] if k < len(y_eval) else [])
         result["pictures"] = _draw(spec, splits, history, eval_key, curve_label, split.train_counts)
     return result
 

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from search.metrics import curve_sample_note
 from search.report.load import SPLIT_PREFIX, StudyData
 
 REGULARIZATION = ("l1", "l2", "dropout")
@@ -264,8 +265,8 @@ def learning_curves(d: StudyData):
     if not trials:
         raise NotDrawn("no Pareto-optimal trial stores a per-epoch history")
     # Since run.curve_rows, a curve may be measured on a sample of its split: the legend says so.
-    sampled = sorted({a["curve_rows"] for a in map(d.attrs, trials)
-                      if a.get("curve_rows") and a["curve_rows"] < (a.get("n_val") or a.get("n_test") or 0)})
+    sample = curve_sample_note(a["curve_rows"] for a in map(d.attrs, trials)
+                               if a.get("curve_rows") and a["curve_rows"] < (a.get("n_val") or a.get("n_test") or 0))
     fig = new_figure(12, 4.6)
     ax_loss, ax_acc = fig.subplots(1, 2)
     colours = matplotlib.colormaps["tab10"]
@@ -287,7 +288,6 @@ def learning_curves(d: StudyData):
     ax_loss.set(xlabel="epoch", ylabel="training loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy")
     ax_acc.plot([], [], color="0.3", label="training")
-    sample = f" ({' / '.join(f'{r:,}' for r in sampled)}-row stratified sample)" if sampled else ""
     ax_acc.plot([], [], color="0.3", ls="--", label=f"{' / '.join(sorted(splits)) or 'evaluation'} split{sample}")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
