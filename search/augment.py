@@ -223,7 +223,7 @@ def _views(spec: dict[str, Any], rows: np.ndarray, labels: np.ndarray, handling:
         from search import head
 
         batches = view_batches(store, rows, y, n_classes, hp, seed_, handling)
-        model = head.build_head(store.meta["shape"][-1], n_classes, hp, seed_)
+        model = head.build_head(store.n_features, n_classes, hp, seed_)
         try:
             return model, head.fit(model, batches, y, hp, seed_, after_epoch=after_epoch, on_epoch=on_epoch)
         finally:
@@ -278,7 +278,7 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
             self._since_release = 0
 
         def _smote_rows(self) -> None:
-            x = np.empty((len(rows), store.meta["shape"][-1]), dtype=np.float32)
+            x = np.empty((len(rows), store.n_features), dtype=np.float32)
             for start in range(0, len(rows), RELEASE_ROWS):
                 part = slice(start, start + RELEASE_ROWS)
                 x[part] = store.take(rows[part], self._views[part])

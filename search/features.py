@@ -290,6 +290,10 @@ class FeatureStore:
         return int(self._mm.shape[-2])
 
     @property
+    def n_features(self) -> int:
+        return int(self._mm.shape[-1])
+
+    @property
     def n_views(self) -> int:
         return int(self._mm.shape[0]) if self._mm.ndim == 3 else 1
 

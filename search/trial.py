@@ -56,7 +56,7 @@ def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
         # The head is built (its initialisers traced and compiled, ~0.8 s) while the rows are copied out
         # (~1 s): both are needed before training, neither reads the other's data, and most of each runs
         # outside the GIL.  The same seed gives the same weights as building it afterwards.
-        built = pool.submit(head.build_head, store.meta["shape"][-1], spec["n_classes"], hp, seed) \
+        built = pool.submit(head.build_head, store.n_features, spec["n_classes"], hp, seed) \
             if augmented is None else None
         x_train, y_train = (store.take(split.fit), y[split.fit]) if augmented is None else (None, None)
         x_eval = store.take(split.val if split.val is not None else split.test)
