@@ -81,11 +81,13 @@ def package_version(module: str) -> str:
 
 
 def runtime_identity(trial_backend: str) -> dict[str, str]:
-    """Backends of the trials and of the extraction, with the versions of Keras and of both backends."""
-    from search.head import BACKENDS
+    """Backends of the trials and of the extraction, the versions of Keras and of both backends, and the
+    training steps per compiled call (training time depends on it)."""
+    from search.head import BACKENDS, STEPS_PER_CALL
 
     ext = extraction_backend()
-    out = {"trial_backend": trial_backend, "extraction_backend": ext, "keras": package_version("keras")}
+    out = {"trial_backend": trial_backend, "extraction_backend": ext, "keras": package_version("keras"),
+           "train_steps_per_call": str(STEPS_PER_CALL)}
     for b in dict.fromkeys((trial_backend, ext)):
         out[b] = package_version(BACKENDS.get(b, b))
     return out

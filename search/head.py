@@ -5,7 +5,7 @@ of the frozen backbone (``full_model``), which is what makes the cache a pure
 speed-up: same seed, same weights, same batches, same predictions.
 
 ``fit`` times what a trial's resource objectives mean: the whole fit, its
-first step's tracing and compilation, a steady epoch; time spent evaluating
+first call's tracing and compilation, a steady epoch; time spent evaluating
 after each epoch (for curves and snapshots) is measured apart and excluded.
 """
 
@@ -26,6 +26,12 @@ from search.errors import TrialFailed, UsageError, unknown
 # (benchmarks/RESULTS.md); TensorFlow still extracts the features unless KERAS_BACKEND says otherwise.
 BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 DEFAULT_BACKEND = "jax"
+# Training steps per call of Keras' compiled train function (its ``steps_per_execution``): the same steps on the
+# same batches in the same order, so the same weights; but Keras' per-call work (callbacks, the NaN check that
+# waits for the step, the epoch iterator) runs once per 32 steps, not once per step.  At batch 32 that work was
+# ~7% of a steady epoch on these 2-core machines (benchmarks/RESULTS.md, python -m benchmarks.dispatch).
+# Training time depends on it, so it is part of a study's recorded runtime (search.features.runtime_identity).
+STEPS_PER_CALL = 32
 
 
 def resolve_backend(name: str | None) -> str:
@@ -96,7 +102,8 @@ def compile_model(model, p: HeadParams) -> None:
     else:
         # Sparse labels give the same loss as one-hot categorical cross-entropy without the one-hot copy.
         loss = "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=loss, metrics=["accuracy"],
+                  steps_per_execution=STEPS_PER_CALL)
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -110,7 +117,7 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
 @dataclass
 class FitResult:
     train_time_s: float             # the whole fit, evaluation after epochs excluded (the paper's training time)
-    compile_time_s: float           # first step's tracing and compilation, beyond a steady step
+    compile_time_s: float           # the first call's tracing and compilation, beyond its steady steps
     epoch_time_s: float             # a steady epoch (median of epochs 2..E)
     eval_time_s: float              # spent in ``after_epoch`` (curves, snapshots), not in train_time_s
     epochs_run: int
@@ -148,17 +155,18 @@ def fit(model, x: Any, y: np.ndarray, p: HeadParams, seed: int, after_epoch: Aft
     if bad or (len(losses) < p.epochs and not timer.stopped):
         raise TrialFailed(f"training loss became NaN/inf at epoch {bad[0] if bad else len(losses) + 1}", kind="nan")
     epochs = timer.history["epoch_time_s"]
+    first = min(STEPS_PER_CALL, steps)  # steps in the first call, which also traces and compiles
     if len(epochs) > 1:
         steady = statistics.median(epochs[1:])
-    else:  # one epoch: its time without the first step, scaled to a full epoch
-        steady = (epochs[0] - timer.first_step_s) * steps / max(steps - 1, 1)
-    compile_s = max(0.0, timer.first_step_s - steady / steps)
+    else:  # one epoch: its time without the first call, scaled to a full epoch
+        steady = (epochs[0] - timer.first_call_s) * steps / max(steps - first, 1)
+    compile_s = max(0.0, timer.first_call_s - steady * first / steps)
     return FitResult(train_time_s=elapsed - timer.eval_s, compile_time_s=compile_s, epoch_time_s=steady,
                      eval_time_s=timer.eval_s, epochs_run=len(losses), history=timer.history)
 
 
 class _Timer:
-    """Keras callback: epoch and first-step times, the loss/accuracy history, and the after-epoch hook."""
+    """Keras callback: epoch and first-call times, the loss/accuracy history, and the after-epoch hook."""
 
     def __new__(cls, *args, **kwargs):  # a keras.callbacks.Callback, defined lazily: keras loads in the trial
         import keras
@@ -169,15 +177,15 @@ class _Timer:
                 self.after_epoch, self.on_epoch = after_epoch, on_epoch
                 self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "epoch_time_s": []}
                 self.eval_s = 0.0
-                self.first_step_s = 0.0
+                self.first_call_s = 0.0
                 self.stopped = False
 
             def on_train_begin(self, logs=None):
                 self._t0 = time.perf_counter()
 
             def on_train_batch_end(self, batch, logs=None):
-                if not self.first_step_s:
-                    self.first_step_s = time.perf_counter() - self._t0
+                if not self.first_call_s:
+                    self.first_call_s = time.perf_counter() - self._t0
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._epoch_start = time.perf_counter()

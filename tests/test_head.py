@@ -132,6 +132,28 @@ def test_a_head_built_in_another_thread_trains_the_same_head(xy):
     np.testing.assert_array_equal(head.predict(threaded, x[:20])[0], head.predict(here, x[:20])[0])
 
 
+@pytest.mark.parametrize("handling", ["none", "class_weight"])
+def test_steps_grouped_into_one_call_train_the_same_head_as_one_step_per_call(monkeypatch, handling):
+    """Training runs STEPS_PER_CALL steps per compiled call, for speed: the same batches in the same order,
+    so the same weights and losses as one step per call (here 63 steps an epoch: a full call, then a short one
+    ending in a partial batch)."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 1000)
+    x = (rng.normal(size=(5, 12))[y] + rng.normal(size=(1000, 12))).astype(np.float32)
+    p = head.HeadParams(units=16, dropout=0.3, l1=1e-4, l2=1e-4, learning_rate=3e-3, batch_size=16, epochs=2,
+                        handling=handling)
+    assert head.STEPS_PER_CALL > 1
+    grouped, fit_grouped = head.train_head(x, y, 5, p, seed=5)
+    monkeypatch.setattr(head, "STEPS_PER_CALL", 1)
+    single, fit_single = head.train_head(x, y, 5, p, seed=5)
+    assert single.steps_per_execution == 1 and grouped.steps_per_execution > 1
+    for a, b in zip(grouped.weights, single.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert fit_grouped.history["loss"] == fit_single.history["loss"]
+    assert fit_grouped.history["accuracy"] == fit_single.history["accuracy"]
+    assert 0 <= fit_grouped.compile_time_s <= fit_grouped.history["epoch_time_s"][0]
+
+
 def test_class_weights_are_sklearns_balanced_weights():
     y = np.repeat(np.arange(3), [60, 30, 10])
     w = head.class_weights(y, 3)

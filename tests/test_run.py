@@ -206,9 +206,11 @@ def test_resume_with_another_backend_is_refused_and_the_runtime_is_recorded(tiny
     study = optuna.load_study(study_name="tiny", storage=tiny.storage)
     runtime = study.user_attrs[IDENTITY_ATTR]["runtime"]
     from search.features import package_version
+    from search.head import STEPS_PER_CALL
 
     assert runtime["trial_backend"] == "jax" and runtime["extraction_backend"] == "tensorflow"
     assert runtime["keras"] == package_version("keras") and runtime["jax"] == package_version("jax")
+    assert runtime["train_steps_per_call"] == str(STEPS_PER_CALL)  # training time depends on it
     assert study.get_trials()[0].user_attrs["keras_backend"] == "jax"
     before = _sha(tiny.db)
     r = tiny.stand_in(*tiny.args(cfg, "--backend", "tensorflow", "--n-trials", "2"))

@@ -119,6 +119,16 @@ def test_resuming_with_another_backend_or_settings_is_refused_listing_the_differ
                             make_sampler(config))
 
 
+def test_a_study_timed_with_another_number_of_steps_per_call_is_not_resumed(storage, tmp_path):
+    """Trials timed one step per call (before search.head.STEPS_PER_CALL was recorded) and trials timed 32 steps
+    per call would share one train_time_s front: refused, naming the field."""
+    config = _config(tmp_path)
+    _new(storage, config)  # recorded without train_steps_per_call, as studies were before it existed
+    now = study_identity(config, "random(seed=0)", "fp", {**RUNTIME, "train_steps_per_call": "32"})
+    with pytest.raises(DriftError, match=r'runtime.train_steps_per_call: "\(absent\)" -> "32"'):
+        st.create_or_resume(storage, "s", config, now, make_sampler(config))
+
+
 def test_check_resume_refuses_before_any_work_and_creates_nothing(tmp_path, url, storage):
     config = _config(tmp_path)
     missing = tmp_path / "none.db"
