@@ -40,6 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(_run, parse_args(argv))
 
 
+# What of a study's recorded runtime its repeats' times depend on (the extraction's backend matters only for the
+# cache, which is verified apart).
+TIMED_RUNTIME = ("keras", "train_steps_per_call")
+
+
+def _check_runtime(study_name: str, runtime: dict[str, str]) -> None:
+    """Refuse repeats timed on another runtime than the study's trials: they would sit next to them as equals."""
+    from search.config import differences
+    from search.errors import DriftError
+    from search.features import runtime_identity
+
+    backend = runtime.get("trial_backend", "tensorflow")
+    fields = (*TIMED_RUNTIME, backend)
+    now = runtime_identity(backend)
+    diffs = differences({f"runtime.{k}": runtime.get(k, "(absent)") for k in fields},
+                        {f"runtime.{k}": now.get(k, "(absent)") for k in fields})
+    if diffs:
+        raise DriftError(f"study {study_name!r} was measured on another runtime ({'; '.join(diffs)}): repeats "
+                         f"timed here would not compare with its trials; confirm it where it was run")
+
+
 def _run(args: argparse.Namespace) -> int:
     import optuna
 
@@ -61,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--study: study {args.study!r} was not created by search.run")
     config = StudyConfig.model_validate(stored)
     runtime = ident.get("runtime") or features.runtime_identity("tensorflow")
+    _check_runtime(args.study, runtime)
     weights = features.Weights("recorded", None, ident["backbone"]["weights"])
     cache_dir = (args.cache_dir or features.default_cache_dir()).resolve()
     key = features.cache_key(config.dataset.name, config.dataset.subset, config.preprocessing.name,

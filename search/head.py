@@ -29,7 +29,7 @@ DEFAULT_BACKEND = "jax"
 # Training steps per call of Keras' compiled train function (its ``steps_per_execution``): the same steps on the
 # same batches in the same order, so the same weights; but Keras' per-call work (callbacks, the NaN check that
 # waits for the step, the epoch iterator) runs once per 32 steps, not once per step.  At batch 32 that work was
-# ~7% of a steady epoch on these 2-core machines (benchmarks/RESULTS.md, python -m benchmarks.dispatch).
+# 3-9% of a steady epoch on these 2-core machines (python -m benchmarks.dispatch, benchmarks/RESULTS.md).
 # Training time depends on it, so it is part of a study's recorded runtime (search.features.runtime_identity).
 STEPS_PER_CALL = 32
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from benchmarks import bf16, cache_vs_full, optuna_overhead, study, threads
+from benchmarks import bf16, cache_vs_full, dispatch, optuna_overhead, study, threads
 from benchmarks import trial as btrial
 from benchmarks.common import child, gemm_gflops, head_train_flops, load_warning, matmul_gflops
 from benchmarks.report import markdown, targets
@@ -204,6 +204,23 @@ def test_bf16_accuracy_holds_within_the_tolerance_of_the_mean():
     runs[3]["accuracy"] = 0.806  # mean drop 0.007
     s = bf16.summarize(runs)
     assert not s["accuracy_holds"] and "does NOT hold within 0.005" in bf16.table(runs, s)
+
+
+def test_dispatch_compares_median_steady_epochs_and_says_whether_both_arms_trained_the_same_head():
+    def run(n, rnd, epochs, fit_s, loss=0.5, acc=0.8):
+        return {"steps_per_call": n, "round": rnd, "seed": 0, "epoch_s": epochs, "fit_s": fit_s,
+                "compile_time_s": 0.5, "loss": [1.0, loss], "accuracy": acc, "load_avg_before": [0.1, 0.1, 0.1]}
+
+    runs = [run(1, 1, [9.0, 7.0, 7.2], 23.2), run(32, 1, [9.0, 6.0, 6.6], 21.6),
+            run(32, 2, [8.0, 6.4, 9.0], 23.4), run(1, 2, [8.0, 6.8, 7.0], 21.8)]
+    s = dispatch.summarize(runs)
+    # medians of epochs 2.. over both rounds: 7.0 (7.0, 7.2, 6.8, 7.0) vs 6.5 (6.0, 6.6, 6.4, 9.0)
+    assert s["arms"][1]["median_steady_epoch_s"] == 7.0 and s["arms"][32]["median_steady_epoch_s"] == 6.5
+    assert s["speedup"] == pytest.approx(7.0 / 6.5) and s["fit_speedup"] == pytest.approx(22.5 / 22.5)
+    assert s["same_head"] and "same head in both arms (equal losses and accuracy): yes" in dispatch.table(runs, s)
+    runs[1]["loss"] = [1.0, 0.50001]  # one arm trained another head
+    s = dispatch.summarize(runs)
+    assert not s["same_head"] and "(equal losses and accuracy): NO" in dispatch.table(runs, s)
 
 
 def test_threads_throughput_sums_the_processes_and_reports_their_overlap():

@@ -88,6 +88,29 @@ def test_a_damaged_cache_is_refused_and_nothing_is_stored(stored, main_here, tmp
     assert _confirmed(stored) == {}
 
 
+def test_a_study_timed_on_another_runtime_is_not_confirmed_here(stored, main_here, tmp_path):
+    """Repeats store train_time_s next to the study's trials: a study timed one step per call (before
+    search.head.STEPS_PER_CALL) or on another Keras must not get repeats timed with this one."""
+    import shutil
+
+    from search.study import IDENTITY_ATTR
+
+    db = tmp_path / "old.db"
+    shutil.copy(stored.db, db)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    ident = study.user_attrs[IDENTITY_ATTR]
+    old_runtime = {k: v for k, v in ident["runtime"].items() if k != "train_steps_per_call"}
+    study.set_user_attr(IDENTITY_ATTR, {**ident, "runtime": old_runtime})
+    code, err = main_here(confirm.main, "--study", "tiny", "--storage", f"sqlite:///{db}",
+                          "--cache-dir", str(stored.cache_dir), "--seeds", "1")
+    assert code == 2
+    (line,) = lines(err)
+    assert line.startswith("error: study 'tiny' was measured on another runtime "
+                           "(runtime.train_steps_per_call: \"(absent)\" -> \"32\")")
+    attrs = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").user_attrs
+    assert not [k for k in attrs if k.startswith(repeats.PREFIX)]
+
+
 def test_the_printout_names_failed_and_unpaired_seeds(monkeypatch):
     import rich.console
 

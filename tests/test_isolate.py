@@ -62,9 +62,12 @@ def test_a_job_inside_its_time_limit_is_not_disturbed(tmp_path):
 def test_a_256_mb_allocation_shows_in_trial_memory():
     small = run_isolated("tests.jobs:allocate_after_baseline", {"mb": 1})
     big = run_isolated("tests.jobs:allocate_after_baseline", {"mb": 256})
-    assert 256 <= big.trial_memory_mb < 256 + 40, big
+    # The host may reclaim a few of the baseline's file-backed pages (shared libraries) between the mark and
+    # the peak (seen: 0.03 MB), so the peak above the baseline can fall a hair short of the 256 MB touched.
+    slack = 4
+    assert 256 - slack <= big.trial_memory_mb < 256 + 40, big
     assert small.trial_memory_mb < 20, small
-    assert big.peak_memory_mb >= big.baseline_memory_mb + 256
+    assert big.peak_memory_mb >= big.baseline_memory_mb + 256 - slack
 
 
 def test_memory_held_before_the_baseline_is_not_the_trials():
