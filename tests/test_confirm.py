@@ -91,12 +91,16 @@ def test_a_damaged_cache_is_refused_and_nothing_is_stored(stored, main_here, tmp
 def test_a_study_timed_on_another_runtime_is_not_confirmed_here(stored, main_here, tmp_path):
     """Repeats store train_time_s next to the study's trials: a study timed one step per call (before
     search.head.STEPS_PER_CALL) or on another Keras must not get repeats timed with this one."""
-    import shutil
+    import sqlite3
 
     from search.study import IDENTITY_ATTR
 
+    # Copied through SQLite's backup API: a plain file copy would close a descriptor of the shared study's file
+    # in this process and so drop the POSIX locks of its open connections (sqlite.org/howtocorrupt.html 2.2).
     db = tmp_path / "old.db"
-    shutil.copy(stored.db, db)
+    src, dst = sqlite3.connect(stored.db), sqlite3.connect(db)
+    src.backup(dst)
+    src.close(), dst.close()
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
     ident = study.user_attrs[IDENTITY_ATTR]
     old_runtime = {k: v for k, v in ident["runtime"].items() if k != "train_steps_per_call"}
