@@ -54,8 +54,8 @@ def _check_runtime(study_name: str, runtime: dict[str, str]) -> None:
     backend = runtime.get("trial_backend", "tensorflow")
     fields = (*TIMED_RUNTIME, backend)
     now = runtime_identity(backend)
-    diffs = differences({f"runtime.{k}": runtime.get(k, "(absent)") for k in fields},
-                        {f"runtime.{k}": now.get(k, "(absent)") for k in fields})
+    diffs = differences({"runtime": {k: runtime[k] for k in fields if k in runtime}},
+                        {"runtime": {k: now[k] for k in fields if k in now}})
     if diffs:
         raise DriftError(f"study {study_name!r} was measured on another runtime ({'; '.join(diffs)}): repeats "
                          f"timed here would not compare with its trials; confirm it where it was run")
