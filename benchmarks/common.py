@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,20 @@ from typing import Any
 import numpy as np
 
 from search import data, features
+from search.errors import MissingExtra, require_modules
 from search.isolate import run_isolated
 
 N_CLASSES = 10
 N_FEATURES = 2048
+
+
+def require_bench(prog: str, *modules: str) -> None:
+    """Exit 2 with one line naming the ``bench`` extra when a module this benchmark needs is missing."""
+    try:
+        require_modules(prog, "bench", *modules)
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
 
 
 # ---------------------------------------------------------------- kept studies

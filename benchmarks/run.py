@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks import cache_vs_full, extraction, kerastuner_cmp, optuna_overhead, trial
 from benchmarks.common import (child, ensure_features, gemm_gflops, load_text, load_warning, loadavg, machine,
-                               matmul_gflops)
+                               matmul_gflops, require_bench)
 from benchmarks.report import markdown, targets
 
 BATCHES_QUICK = [32, 64, 128, 256, 512, 1024]
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="feature cache holding (or receiving, once) the random-weight features of all of "
                         "Fashion-MNIST for the quick run's comparison at scale (default: the service's cache)")
     a = p.parse_args(argv)
+    require_bench("python -m benchmarks.run", "keras_tuner", "tensorboard")
     plan = "quick" if a.quick else "full"
     out = a.out or Path("benchmarks/out") / f"{plan}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import require_bench
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("plain", "snapshots", "moasha", "topk")
 SNAPSHOT_VARIANTS = ("snapshots", "moasha")
@@ -544,6 +546,7 @@ def plot(path: Path, plan: Plan, runs: list[dict[str, Any]], reference: dict[str
 
 def main(argv: list[str] | None = None) -> int:
     plan = parse_args(argv)
+    require_bench("python -m benchmarks.snapshots", "moocore")
     import optuna
 
     from benchmarks.common import machine

@@ -77,6 +77,20 @@ def unknown(what: str, name: object, registry) -> str:
     return f"unknown {what} {name!r}; valid: {', '.join(map(str, registry))}"
 
 
+class MissingExtra(UsageError):
+    """An optional feature whose package is not installed; the message names the extra that brings it."""
+
+
+def require_modules(what: str, extra: str, *modules: str) -> None:
+    """Raise MissingExtra naming ``pip install -e '.[extra]'`` unless every module can be imported."""
+    from importlib.util import find_spec
+
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"{what} needs {', '.join(missing)} (the '{extra}' extra): "
+                           f"pip install -e '.[{extra}]'")
+
+
 def cli_main(body, args) -> int:
     """Run a command's ``body(args)``: a SearchError becomes one line on stderr and its exit code.
 

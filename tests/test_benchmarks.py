@@ -367,3 +367,22 @@ def test_paired_leaves_out_snapshots(tmp_path):
 
     db = _stored_study(tmp_path / "s.db", [({"x": 1}, 10.0, 1.0, 12.0, False), ({"x": 1}, 5.0, 1.0, 12.0, True)])
     assert list(paired.trials(db, "s")) == [0]
+
+
+@pytest.mark.parametrize("module,argv,missing", [("run", ["--quick"], "keras_tuner"),
+                                                 ("snapshots", ["--smoke"], "moocore")])
+def test_a_benchmark_without_the_bench_extra_says_which_extra_in_one_line(monkeypatch, capsys, tmp_path,
+                                                                         module, argv, missing):
+    import importlib
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    bench = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"error: python -m benchmarks.{module} needs {missing} (the 'bench' extra): "
+                                       f"pip install -e '.[bench]'\n")
+    assert list(tmp_path.iterdir()) == []

@@ -115,8 +115,57 @@ def test_a_bad_config_names_file_and_field_and_creates_nothing(tiny):
     cfg = tiny.config(**{"epochs = 1\n": "epochs = 1000000000000\n"})
     r = tiny.stand_in(*tiny.args(cfg))
     assert r.returncode == 2
-    assert r.stderr == f"error: {cfg}: training.epochs: Input should be less than or equal to 1000\n"
+    assert r.stderr == f"error: {cfg}: training.epochs: Input should be less than or equal to 1000 (got 1000000000000)\n"
     assert not tiny.db.exists()
+
+
+SMOKE = (ROOT / "study_configs" / "smoke.toml").read_text()
+
+# (text of smoke.toml replaced, the replacement, the field and bad value the one line must name)
+BAD_VALUES = [
+    ('epochs = { type = "int", low = 1, high = 2 }', 'epochs = { type = "categorical", choices = ["2"] }',
+     "search_space.epochs.choices[0]: Input should be a valid integer (got '2')"),
+    ('epochs = { type = "int", low = 1, high = 2 }', 'epochs = { type = "categorical", choices = [1, true] }',
+     "search_space.epochs.choices[1]: Input should be a valid integer (got True)"),
+    ('epochs = { type = "int", low = 1, high = 2 }', 'units = { type = "categorical", choices = [16.0, 32] }',
+     "search_space.units.choices[0]: Input should be a valid integer (got 16.0)"),
+    ('choices = [0.0, 1e-4]', 'choices = [1e300]',
+     "search_space.l2.choices[0]: Input should be less than or equal to 1 (got 1e+300)"),
+    ('choices = [0.0, 1e-4]', 'choices = [false, 1e-4]',
+     "search_space.l2.choices[0]: Input should be a valid number (got False)"),
+    ('epochs = { type = "int", low = 1, high = 2 }', 'learning_rate = { type = "float", low = 1e-4, high = 1e300 }',
+     "search_space.learning_rate.high: Input should be less than or equal to 1 (got 1e+300)"),
+    ("subset = 2000 ", "subset = 3 ",
+     "dataset.subset: 3 images give a test part of 0 at split_ratio 0.7, fewer than the 10 classes a "
+     "stratified split needs (got 3)"),
+    ("batch_size = 32", "batch_size = 65536",
+     "training.batch_size: 65536 is larger than the 1400 training rows of the smallest split "
+     "(dataset.subset 2000, split_ratio 0.7) (got 65536)"),
+    ('dropout = { type = "float", low = 0.1, high = 0.7 }', 'dropout = { type = "float", low = 0.1, high = 0.7, step = 0.9 }',
+     "search_space.dropout: step 0.9 is larger than the range 0.1..0.7"),
+    ('epochs = { type = "int", low = 1, high = 2 }', 'epochs = { type = "int", low = 1, high = 3, step = 1000000 }',
+     "search_space.epochs: step 1000000 is larger than the range 1..3"),
+    ('direction = "minimize"\n\n[[objectives]]\nmetric = "peak_memory_mb"',
+     'direction = "minimize"\n\n[[objectives]]\nmetric = "peak_memory_mb"\nresolution = 1e-320',
+     "objectives.3.resolution: Input should be greater than or equal to 0.000000001 (got 1e-320)"),
+    ("seed = 0", "seed = 1.0", "sampler.seed: Input should be a valid integer (got 1.0)"),
+    ("epochs = 1\n", "epochs = 1\nseed = 1.0\n", "training.seed: Input should be a valid integer (got 1.0)"),
+    ("epochs = 1\n", 'epochs = "1"\n', "training.epochs: Input should be a valid integer (got '1')"),
+    ('dropout = { type = "float", low = 0.1, high = 0.7 }', 'dropout = { type = "float", low = 0.1, high = 1.5 }',
+     "search_space.dropout.high: Input should be less than 1 (got 1.5)"),
+    ('epochs = { type = "int", low = 1, high = 2 }', 'learning_rate = { type = "categorical", choices = [0.0] }',
+     "search_space.learning_rate.choices[0]: Input should be greater than 0 (got 0.0)"),
+]
+
+
+@pytest.mark.parametrize("old,new,message", BAD_VALUES, ids=[b[2][:45] for b in BAD_VALUES])
+def test_bad_search_values_are_one_line_naming_file_field_and_value_and_create_nothing(main_here, old, new, message):
+    assert old in SMOKE, old
+    cfg = main_here.work.parent / "bad.toml"
+    cfg.write_text(SMOKE.replace(old, new, 1))
+    code, err = main_here(run.main, "--study", str(cfg), "--storage", f"sqlite:///{main_here.work / 'x.db'}")
+    assert (code, err) == (2, f"error: {cfg}: {message}\n")
+    assert os.listdir(main_here.work) == []
 
 
 def test_a_data_dir_without_the_files_creates_nothing(tiny):

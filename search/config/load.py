@@ -74,6 +74,8 @@ def format_validation(path: Path, err: ValidationError) -> str:
                                                 or "[" in p))]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif not isinstance(ctx_err, FieldError) and isinstance(first.get("input"), (bool, int, float, str)):
+        msg = f"{msg} (got {first['input']!r})"
     more = len(errs) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{path}: {'.'.join(loc) or '(top level)'}: {msg}{suffix}"

@@ -19,11 +19,17 @@ import json
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator, model_validator
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from search.errors import unknown
 
 DAY_S = 86_400.0
+
+# TOML already types its values: a number field takes no string, an int field no float, and no field takes a
+# boolean for a number (pydantic's lax mode would turn "2", 16.0 and true into the int 2, 16 and 1).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
 
 
 def _registry_check(v: str, registry: Any, what: str) -> str:
@@ -48,7 +54,7 @@ class _Frozen(BaseModel):
 class Dataset(_Frozen):
     name: str
     # 0 means the whole pooled dataset; N > 0 a stratified, seeded slice of N images.
-    subset: int = Field(0, ge=0)
+    subset: Int = Field(0, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -61,9 +67,9 @@ class Dataset(_Frozen):
 class Balance(_Frozen):
     mode: Literal["balanced", "imbalanced"] = "balanced"
     profile: str = "paper"          # search.data.PROFILES
-    rho: FiniteFloat = Field(10.0, gt=1.0, le=1e4)
-    reduce_classes: tuple[int, ...] = (0, 1, 2)
-    reduce_fraction: FiniteFloat = Field(0.1, gt=0.0, lt=1.0)
+    rho: Float = Field(10.0, gt=1.0, le=1e4)
+    reduce_classes: tuple[Int, ...] = (0, 1, 2)
+    reduce_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
 
     @field_validator("profile")
     @classmethod
@@ -98,10 +104,10 @@ class Augmentation(_Frozen):
     """Training-row augmentation (the paper's: rotation 20 degrees, shifts 0.2, horizontal flip)."""
 
     mode: str = "none"              # search.augment.MODES
-    rotation: FiniteFloat = Field(20.0, ge=0.0, le=180.0)   # degrees
-    shift: FiniteFloat = Field(0.2, ge=0.0, lt=1.0)         # fraction of width and height
-    horizontal_flip: bool = True
-    views: int = Field(4, ge=1, le=64)                      # augmented copies in the view cache
+    rotation: Float = Field(20.0, ge=0.0, le=180.0)   # degrees
+    shift: Float = Field(0.2, ge=0.0, lt=1.0)         # fraction of width and height
+    horizontal_flip: Bool = True
+    views: Int = Field(4, ge=1, le=64)                      # augmented copies in the view cache
 
     @field_validator("mode")
     @classmethod
@@ -125,25 +131,25 @@ class Backbone(_Frozen):
 
 
 class Head(_Frozen):
-    units: int = Field(1024, ge=1, le=16384)
-    dropout: FiniteFloat = Field(0.5, ge=0.0, lt=1.0)
-    l1: FiniteFloat = Field(0.0, ge=0.0)
-    l2: FiniteFloat = Field(0.0, ge=0.0)
+    units: Int = Field(1024, ge=1, le=16384)
+    dropout: Float = Field(0.5, ge=0.0, lt=1.0)
+    l1: Float = Field(0.0, ge=0.0, le=1.0)
+    l2: Float = Field(0.0, ge=0.0, le=1.0)
 
 
 class Training(_Frozen):
     optimizer: Literal["adam"] = "adam"
     loss: Literal["categorical_crossentropy"] = "categorical_crossentropy"
-    learning_rate: FiniteFloat = Field(1e-3, gt=0.0)
-    batch_size: int = Field(32, ge=1, le=65536)
-    epochs: int = Field(5, ge=1, le=1000)
-    split_ratio: FiniteFloat = Field(0.8, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0, lt=2**32)
+    learning_rate: Float = Field(1e-3, gt=0.0, le=1.0)
+    batch_size: Int = Field(32, ge=1, le=65536)
+    epochs: Int = Field(5, ge=1, le=1000)
+    split_ratio: Float = Field(0.8, gt=0.0, lt=1.0)
+    seed: Int = Field(0, ge=0, lt=2**32)
     handling: str = "none"          # search.data.HANDLINGS
-    focal_gamma: FiniteFloat = Field(2.0, ge=0.0, le=10.0)
-    label_smoothing: FiniteFloat = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: Float = Field(2.0, ge=0.0, le=10.0)
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
     evaluation: str = "validation"  # search.data.EVALUATIONS: where the objectives are measured
-    validation_fraction: FiniteFloat = Field(0.2, gt=0.0, lt=1.0)
+    validation_fraction: Float = Field(0.2, gt=0.0, lt=1.0)
 
     @field_validator("handling")
     @classmethod
@@ -162,16 +168,18 @@ class Training(_Frozen):
 
 class FloatDist(_Frozen):
     type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
+    low: Float
+    high: Float
+    log: Bool = False
+    step: Float | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FloatDist:
         _check_bounds(self.low, self.high, self.log)
-        if self.step is not None and (self.log or not self.step > 0 or not math.isfinite(self.step)):
+        if self.step is not None and (self.log or not self.step > 0):
             raise ValueError("step must be a positive number and cannot be combined with log")
+        if self.step is not None and self.step > self.high - self.low:
+            raise ValueError(f"step {self.step} is larger than the range {self.low}..{self.high}")
         return self
 
     def values(self) -> list[Any]:
@@ -180,16 +188,18 @@ class FloatDist(_Frozen):
 
 class IntDist(_Frozen):
     type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
-    step: int = Field(1, ge=1)
+    low: Int
+    high: Int
+    log: Bool = False
+    step: Int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> IntDist:
         _check_bounds(self.low, self.high, self.log)
         if self.log and self.step != 1:
             raise ValueError("step cannot be combined with log")
+        if self.step > self.high - self.low:
+            raise ValueError(f"step {self.step} is larger than the range {self.low}..{self.high}")
         return self
 
     def values(self) -> list[Any]:
@@ -260,7 +270,7 @@ class Objective(_Frozen):
     # trial's user attributes.  For a measure whose noise between identical trials would otherwise decide which
     # trials are Pareto-optimal (fmnist_reg's trial_memory_mb: about 1.5 MB of noise, and the same work in every
     # trial).
-    resolution: float | None = Field(None, gt=0, allow_inf_nan=False)
+    resolution: Float | None = Field(None, ge=1e-9)
 
     @field_validator("metric")
     @classmethod
@@ -272,7 +282,7 @@ class Objective(_Frozen):
 
 class Sampler(_Frozen):
     name: str = "tpe"
-    seed: int | None = Field(0, ge=0, lt=2**32)
+    seed: Int | None = Field(0, ge=0, lt=2**32)
 
     @field_validator("name")
     @classmethod
@@ -285,8 +295,8 @@ class Sampler(_Frozen):
 class Constraints(_Frozen):
     """Budgets: a trial over one is infeasible (Optuna's trial.set_constraint), so never Pareto-optimal."""
 
-    max_peak_memory_mb: FiniteFloat | None = Field(None, gt=0.0)
-    max_train_time_s: FiniteFloat | None = Field(None, gt=0.0)
+    max_peak_memory_mb: Float | None = Field(None, gt=0.0)
+    max_train_time_s: Float | None = Field(None, gt=0.0)
 
     def budgets(self) -> dict[str, float]:
         """Metric -> budget, for the budgets that are set."""
@@ -296,24 +306,24 @@ class Constraints(_Frozen):
 
 class Run(_Frozen):
     # Target number of COMPLETE trials; a grid study defaults to (and is capped at) its number of points.
-    n_trials: int | None = Field(None, gt=0, le=100_000)
-    timeout: float | None = Field(None, gt=0, le=30 * DAY_S)
-    max_consecutive_failures: int = Field(3, ge=1, le=1000)
+    n_trials: Int | None = Field(None, gt=0, le=100_000)
+    timeout: Float | None = Field(None, gt=0, le=30 * DAY_S)
+    max_consecutive_failures: Int = Field(3, ge=1, le=1000)
     # A failed grid point, or a trial killed by the kernel or its time limit in any sampler, is run again
     # with the same parameters up to this many times (search.study.RetryPolicy).
-    max_retries: int = Field(2, ge=0, le=10)
+    max_retries: Int = Field(2, ge=0, le=10)
     # Wall seconds after which a trial's process is killed; None: 10x the slowest COMPLETE trial (none
     # for the first trial).
-    trial_timeout: float | None = Field(None, gt=0, le=7 * DAY_S)
+    trial_timeout: Float | None = Field(None, gt=0, le=7 * DAY_S)
     # Record each epoch e < E of a trial inside the searched epochs range as its own COMPLETE trial
     # (search.snapshots); "moasha" also stops a trial early at its rungs.
-    epoch_snapshots: bool = False
+    epoch_snapshots: Bool = False
     early_stopping: str = "none"    # search.snapshots.EARLY_STOPPING
-    rungs: tuple[int, ...] = (5, 10, 20)
+    rungs: tuple[Int, ...] = (5, 10, 20)
     # Rows of the evaluation split the per-epoch learning curve is measured on: a stratified, seeded sample,
     # so the curve costs one small prediction per epoch (the whole split after every epoch was 7.7 s of a
     # 92 s trial, measured).  0: the whole split.  The final measures always use the whole split.
-    curve_rows: int = Field(5_000, ge=0, le=10_000_000)
+    curve_rows: Int = Field(5_000, ge=0, le=10_000_000)
 
     @field_validator("early_stopping")
     @classmethod
@@ -385,7 +395,41 @@ class StudyConfig(_Frozen):
                              f"class {bad[0]} does not exist in {self.dataset.name} (classes 0-{n_classes - 1})")
         self._check_grid()
         self._check_run()
+        self._check_sizes(n_classes)
         return self
+
+    def values_of(self, name: str) -> list[Any]:
+        """Every value (range ends, choices, arms' values, the fixed one) a searchable setting can take."""
+        out = list(self.search_space[name].values()) if name in self.search_space else []
+        arm_values = [overrides[name] for overrides in self.arms.values() if name in overrides]
+        out += arm_values
+        if name not in self.search_space and len(arm_values) < max(1, len(self.arms)):
+            section, field = SEARCHABLE[name]
+            out.append(getattr(getattr(self, section), field))
+        return out
+
+    def _check_sizes(self, n_classes: int) -> None:
+        """With a known number of images (``subset``), every split part must hold each class, and a batch fit."""
+        n = self.dataset.subset
+        if not n:
+            return
+        vf = self.training.validation_fraction if self.training.evaluation == "validation" else 0.0
+        ratios = self.values_of("split_ratio")
+        for r in ratios:
+            parts = {"test": n * (1 - r), "training": n * r * (1 - vf)}
+            if vf:
+                parts["validation"] = n * r * vf
+            part, size = min(parts.items(), key=lambda kv: kv[1])
+            if int(size) < n_classes:
+                raise FieldError(("dataset", "subset"),
+                                 f"{n} images give a {part} part of {int(size)} at split_ratio {r}, fewer than "
+                                 f"the {n_classes} classes a stratified split needs (got {n})")
+        rows = int(n * min(ratios) * (1 - vf))
+        too_big = [b for b in self.values_of("batch_size") if b > rows]
+        if too_big:
+            loc = ("search_space", "batch_size") if "batch_size" in self.search_space else ("training", "batch_size")
+            raise FieldError(loc, f"{too_big[0]} is larger than the {rows} training rows of the smallest split "
+                                  f"(dataset.subset {n}, split_ratio {min(ratios)}) (got {too_big[0]})")
 
     def _check_arm_choice(self, dist: Any) -> None:
         if not isinstance(dist, CategoricalDist):
@@ -400,9 +444,10 @@ class StudyConfig(_Frozen):
         section, field = SEARCHABLE[name]
         base = getattr(self, section)
         try:
-            type(base).model_validate({**base.model_dump(), field: value})
+            type(base).model_validate({**base.model_dump(), field: value}, strict=True)
         except ValidationError as e:
-            raise FieldError(loc, e.errors()[0]["msg"].removeprefix("Value error, ")) from None
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise FieldError(loc, f"{msg} (got {value!r})") from None
 
     def _check_grid(self) -> None:
         if self.sampler.name != "grid":
