@@ -135,6 +135,7 @@ def _run(args: argparse.Namespace, trial_target: str | None) -> int:
     study_name = cfg.check_study_name(args.study_name if args.study_name is not None
                                       else default_study_name(config.name, args.weights))
     url = sto.check_url(sto.storage_url(args.storage))
+    sto.check_sqlite(url)  # before the data are read: a damaged file is the one thing said
     if "trial_memory_mb" in config.metric_names and not isolate.can_reset_peak():
         raise UsageError(f"study {config.name}: objective trial_memory_mb needs /proc/self/clear_refs (Linux >= 4.0), "
                          "which this system does not allow; use peak_memory_mb instead")

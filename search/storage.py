@@ -114,12 +114,49 @@ def _enable_wal(path: str, url: str, wait_s: float = 60.0) -> None:
             raise StorageError(f"--storage: cannot open {mask(url)}: {e}") from None
 
 
+def check_intact(path: Path) -> None:
+    """Refuse a damaged SQLite file in one line, before anything reads or writes it.
+
+    Optuna would otherwise fail later with a traceback ending in a misleading StorageInternalError.  The check
+    runs on a read-only connection, so a damaged file is left exactly as it was for ``.recover``.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT_S)
+        try:
+            rows = con.execute("PRAGMA integrity_check(1)").fetchall()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return  # a writer holds it for longer than the timeout: not damage, and Optuna will wait too
+        problem = str(e)
+    except sqlite3.DatabaseError as e:
+        problem = str(e)
+    else:
+        text = [ln for row in rows for ln in str(row[0]).splitlines() if ln.strip() and not ln.startswith("***")]
+        problem = "" if rows == [("ok",)] else (text or ["not ok"])[0]
+    if problem:
+        raise StorageError(f"{path} is damaged (integrity_check: {problem}): restore a copy, or recover it with "
+                           f"sqlite3's .recover")
+
+
+def check_sqlite(url: str) -> None:
+    """``check_intact`` for a SQLite URL; other databases check themselves."""
+    u = parse_url(url)
+    if u.get_backend_name() == "sqlite" and u.database:
+        check_intact(Path(u.database))
+
+
 def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None,
                  max_retry: int = 2) -> optuna.storages.RDBStorage:
     """A storage for a run: created if missing, with heartbeat and the retry of stale trials."""
     from search.trials import RetryCallback
 
     url = check_url(url)
+    check_sqlite(url)
     if url.startswith("sqlite"):
         # Several processes write this file: wait for locks instead of failing fast,
         # and let readers (the dashboard) proceed during writes (WAL).
@@ -156,6 +193,7 @@ def open_existing(url: str) -> optuna.storages.RDBStorage:
         if not path.is_file():
             raise UsageError(f"--storage: no database at {path}; run `python -m search.run --study NAME` first "
                              f"or pass --storage")
+        check_intact(path)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_table_creation=True)
     except Exception as e:  # driver-specific errors all mean "cannot open"
@@ -176,6 +214,7 @@ def open_readonly(url: str) -> optuna.storages.RDBStorage:
         if not db.is_file():
             raise UsageError(f"--storage: no database at {db}; run `python -m search.run --study NAME` first "
                              f"or pass --storage")
+        check_intact(db)
         # A URI connection is the only way to open SQLite read-only; building it ourselves keeps
         # paths with '#', '?' or '%' intact, which a SQLAlchemy URL would re-interpret.
         uri = f"file:{urllib.parse.quote(str(db.resolve()))}?mode=ro"

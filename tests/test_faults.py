@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from search import run
 from search import storage as sto
 
-from .conftest import ROOT, TINY_CONFIG, Tiny, lines, stop, wait_for
+from .conftest import ROOT, STAND_IN_CLI, TINY_CONFIG, Tiny, lines, run_cli, stop, wait_for
 from .test_config import BAD, HUGE, SMOKE
 
 
@@ -167,7 +167,7 @@ def test_a_dead_optuna_heartbeat_thread_does_not_get_a_live_trial_failed(tiny):
 
 GRID = TINY_CONFIG.format(n_trials=2).replace('name = "random"', 'name = "grid"').replace(
     'dropout = { type = "float", low = 0.1, high = 0.7 }', "").replace(
-    "choices = [0.0, 1e-4]", "choices = [0.0, 1e38]").replace("[run]", "[run]\nmax_retries = 1")
+    "choices = [0.0, 1e-4]", "choices = [0.0, 0.5]").replace("[run]", "[run]\nmax_retries = 1")
 
 
 def test_a_failing_grid_point_is_retried_then_named_and_completes_when_run_again(tiny):
@@ -176,36 +176,29 @@ def test_a_failing_grid_point_is_retried_then_named_and_completes_when_run_again
     cfg = tiny.config(text=GRID)
     gate = tiny.tmp / "still-failing"
     gate.write_text("")
-    env = tiny.stand_in_env(0.2, STAND_IN_FAIL=json.dumps({"l2": 1e38}), STAND_IN_FAIL_WHILE=str(gate))
+    env = tiny.stand_in_env(0.2, STAND_IN_FAIL=json.dumps({"l2": 0.5}), STAND_IN_FAIL_WHILE=str(gate))
     r = tiny.stand_in(*tiny.args(cfg), env=env)
     assert r.returncode == 1
-    assert lines(r.stderr)[-1] == ("error: grid point l2=1e+38 failed 2 times; "
+    assert lines(r.stderr)[-1] == ("error: grid point l2=0.5 failed 2 times; "
                                    "last: training loss became NaN/inf at epoch 1")
     assert [(t.params["l2"], t.state) for t in _trials(tiny)] == [
-        (0.0, TrialState.COMPLETE), (1e38, TrialState.FAIL), (1e38, TrialState.FAIL)]
+        (0.0, TrialState.COMPLETE), (0.5, TrialState.FAIL), (0.5, TrialState.FAIL)]
     gate.unlink()
     r = tiny.stand_in(*tiny.args(cfg), env=env)
     assert r.returncode == 0, r.stderr
     assert "2/2 COMPLETE trials (1 this run" in r.stderr
     complete = [t.params["l2"] for t in _trials(tiny) if t.state == TrialState.COMPLETE]
-    assert sorted(complete) == [0.0, 1e38]
+    assert sorted(complete) == [0.0, 0.5]
 
 
-@pytest.mark.slow
-def test_a_grid_point_with_a_real_non_finite_loss_is_retried_and_named(tiny):
-    """Issue 10, as a user meets it: the real trial, l2 = 1e38 overflows the loss."""
-    r = tiny.run(*tiny.args(tiny.config(text=GRID)))
-    assert r.returncode == 1
-    assert lines(r.stderr)[-1] == ("error: grid point l2=1e+38 failed 2 times; "
-                                   "last: training loss became NaN/inf at epoch 1")
-    trials = _trials(tiny)
-    assert [(t.params["l2"], t.state) for t in trials] == [
-        (0.0, TrialState.COMPLETE), (1e38, TrialState.FAIL), (1e38, TrialState.FAIL)]
-    assert [t.user_attrs["fail_kind"] for t in trials[1:]] == ["nan", "nan"]
-    # Run again: the point gets a fresh budget (and fails again: its loss is non-finite), never a duplicate.
-    r = tiny.run(*tiny.args(tiny.config(text=GRID)))
-    assert r.returncode == 1 and "grid point l2=1e+38 failed" in lines(r.stderr)[-1]
-    assert [t.params["l2"] for t in _trials(tiny) if t.state == TrialState.COMPLETE] == [0.0]
+def test_a_regularization_that_would_overflow_the_loss_is_refused_at_load(tiny):
+    """Issue 10's grid point l2 = 1e38 (a real trial's loss overflowed) no longer reaches a trial."""
+    cfg = tiny.config(text=GRID.replace("choices = [0.0, 0.5]", "choices = [0.0, 1e38]"))
+    r = tiny.stand_in(*tiny.args(cfg))
+    assert r.returncode == 2
+    assert lines(r.stderr) == [f"error: {cfg}: search_space.l2.choices[1]: Input should be less than or equal to 1 "
+                               f"(got 1e+38)"]
+    assert not tiny.db.exists()
 
 
 # ---------------------------------------------------------------- signals and kill -9
@@ -310,3 +303,37 @@ def test_a_bad_config_leaves_a_stored_study_unchanged(stored_study, main_here, o
     (line,) = lines(err)
     assert line.startswith(f"error: {bad}: ") and message in line
     assert hashlib.sha256(tiny.db.read_bytes()).hexdigest() == before
+
+
+# ---------------------------------------------------------------- a damaged database
+
+def _damage_trials_table(db) -> None:
+    """Overwrite 1,000 bytes inside the pages of Optuna's ``trials`` table; the file keeps its size."""
+    con = sqlite3.connect(db)
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'trials'").fetchone()[0]
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size + 8)
+        f.write(bytes(random.Random(0).randrange(256) for _ in range(1000)))
+    assert db.stat().st_size == size
+
+
+def test_a_damaged_database_is_one_line_from_every_command_and_nothing_is_written(tiny):
+    r = tiny.stand_in(*tiny.args(tiny.config(n_trials=2)))
+    assert r.returncode == 0, r.stderr
+    _damage_trials_table(tiny.db)
+    before = hashlib.sha256(tiny.db.read_bytes()).hexdigest()
+    commands = [(STAND_IN_CLI, tiny.args(tiny.config(n_trials=2))),
+                ("search.report", ["--study", "tiny", "--storage", tiny.storage, "--out", str(tiny.tmp / "rep")]),
+                ("search.confirm", ["--study", "tiny", "--storage", tiny.storage, "--cache-dir", str(tiny.cache_dir)])]
+    for module, args in commands:
+        r = run_cli(*args, module=module, cwd=tiny.tmp, env=tiny.stand_in_env())
+        err = lines(r.stderr)
+        assert r.returncode == 1 and len(err) == 1, (module, r.stderr)
+        assert err[0].startswith(f"error: {tiny.db} is damaged (integrity_check: "), (module, err)
+        assert err[0].endswith("): restore a copy, or recover it with sqlite3's .recover"), (module, err)
+        assert hashlib.sha256(tiny.db.read_bytes()).hexdigest() == before, module
+    assert not (tiny.tmp / "rep").exists()

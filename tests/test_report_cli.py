@@ -76,3 +76,14 @@ def test_a_refused_output_directory_is_reported_before_the_storage_is_opened(tmp
     assert cli.main(["--study", "x", "--storage", sqlite(missing), "--out", str(precious)]) == 2
     assert capsys.readouterr().err.startswith(f"error: --out: {precious} is not empty and holds no earlier report")
     assert not missing.exists() and [p.name for p in precious.iterdir()] == ["chapter1.tex"]
+
+
+def test_a_study_of_plain_optuna_is_refused_in_one_line_and_no_report_is_written(tmp_path, capsys):
+    import optuna
+
+    study = optuna.create_study(storage=sqlite(tmp_path / "f.db"), study_name="foreign", directions=["maximize"])
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert cli.main(["--study", "foreign", "--storage", sqlite(tmp_path / "f.db"), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == ("error: --study: 'foreign' was not created by search.run (it has no "
+                                       "search:config attribute); search.report reads only this service's studies\n")
+    assert not (tmp_path / "r").exists()

@@ -220,6 +220,16 @@ def from_study(study: Any) -> StudyData:
         config=config)
 
 
+def _ours(study):
+    """``study`` if search.run made it; a study of plain Optuna has none of the records a report is made of."""
+    from search.study import CONFIG_ATTR
+
+    if CONFIG_ATTR not in study.user_attrs:
+        raise UsageError(f"--study: {study.study_name!r} was not created by search.run (it has no {CONFIG_ATTR} "
+                         f"attribute); search.report reads only this service's studies")
+    return study
+
+
 def load(study_name: str, storage_url: str | None) -> StudyData:
     """Open ``storage_url`` read-only and load ``study_name``; errors as ``open_storage`` and ``open_study``."""
     import optuna
@@ -227,7 +237,7 @@ def load(study_name: str, storage_url: str | None) -> StudyData:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url)
     try:
-        d = from_study(open_study(study_name, storage))
+        d = from_study(_ours(open_study(study_name, storage)))
     except BaseException:
         storage.engine.dispose()
         raise
