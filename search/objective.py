@@ -113,6 +113,12 @@ def _slot_taken(trial: optuna.Trial, target: int) -> bool:
     return complete + ahead >= target
 
 
+def skip(trial: optuna.Trial, reason: str) -> None:
+    """End a trial that Optuna created but that has nothing to run, saying why (the dashboard shows ``reason``)."""
+    trial.set_user_attr("reason", reason)
+    raise optuna.TrialPruned(reason)
+
+
 def duplicate_of(trial: optuna.Trial, params: dict[str, Any]) -> int | None:
     """In a grid study: the number of another trial that already holds (or is running) these parameters."""
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
@@ -176,17 +182,18 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
     def objective(trial: optuna.Trial) -> Sequence[float]:
         if _slot_taken(trial, ctx.target):
             trial.study.stop()
-            raise optuna.TrialPruned("target number of COMPLETE trials already reached or claimed")
+            skip(trial, "target reached by another process")
         mark_owner(trial)
+        trial.set_user_attr("sampler_seed", getattr(trial.study.sampler, "seed", ctx.config.sampler.seed))
         try:
             with signals.interruptible():  # owner recorded: from here a signal may stop the trial
                 suggested = suggest(trial, ctx.config)
                 if grid and (other := duplicate_of(trial, suggested)) is not None:
                     # Optuna's GridSampler re-samples a done point once the grid looks exhausted.
-                    raise optuna.TrialPruned(f"grid point already done by trial {other}")
+                    skip(trial, f"grid point already done by trial {other}")
                 if (other := retried_by(trial)) is not None:
                     # Processes recovering one lost trial at once may each queue a retry of it.
-                    raise optuna.TrialPruned(f"this retry already runs or ran as trial {other}")
+                    skip(trial, f"this retry already runs or ran as trial {other}")
                 params = resolve_params(ctx.config, suggested)
                 trial.set_user_attr("resolved_params", params)
                 on_event({"event": "trial", "number": trial.number, "params": params})

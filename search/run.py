@@ -166,12 +166,12 @@ def _run(args: argparse.Namespace, trial_target: str | None) -> int:
 
     from search import objective as obj
     from search import samplers
-    from search.workers import worker_cpus, worker_sampler_config
+    from search.workers import worker_cpus
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = sto.open_storage(url, heartbeat_interval=args.heartbeat, max_retry=config.run.max_retries)
-    sampler = samplers.make_sampler(worker_sampler_config(config, args.worker))
+    sampler = samplers.ProcessSeeded(config)
     study, created = st.create_or_resume(storage, study_name, config, ident, sampler, extra_attrs={
         "search:data": {"source": pooled.source, "n_images": int(len(pooled.labels)),
                         "class_names": list(info.class_names),
@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace, trial_target: str | None) -> int:
 
         Console(width=None if sys.stdout.isatty() else 200).print(pareto_table(study, config.metric_names))
     display.message(f"{summary.complete_after}/{target} COMPLETE trials "
-                    f"({summary.complete_after - summary.complete_before} this run; stopped by {summary.stopped_by})"
+                    f"({summary.ran} this run; stopped by {summary.stopped_by})"
                     + (f"; retried lost trials {summary.retried}" if summary.retried else "")
                     + snapshots.summary_text(study))
     return 0

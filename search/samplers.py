@@ -49,7 +49,49 @@ SAMPLERS: dict[str, SamplerInfo] = {
 
 
 def make_sampler(config: "StudyConfig") -> optuna.samplers.BaseSampler:
+    """The config's sampler with the config's seed (one process, or a test)."""
     return SAMPLERS[config.sampler.name].make(config, config.sampler.seed)
+
+
+class ProcessSeeded(optuna.samplers.BaseSampler):
+    """The study's sampler, seeded per process: the config's seed plus the number of this process's first trial.
+
+    Optuna numbers trials in the storage, so no two processes on a study, on one machine or many, start at the
+    same number and none draws with another's seed; a new study's first process keeps the config's seed, and a
+    resumed one does not repeat the draws of the run before it.  ``seed`` is recorded on every trial
+    (``sampler_seed``), so a run can be reproduced.
+    """
+
+    def __init__(self, config: "StudyConfig"):
+        self._config = config
+        self._inner: optuna.samplers.BaseSampler | None = None
+        self.seed: int | None = None
+
+    def _sampler(self, trial_number: int) -> optuna.samplers.BaseSampler:
+        if self._inner is None:
+            base = self._config.sampler.seed
+            self.seed = None if base is None else (base + trial_number) % 2**32
+            self._inner = SAMPLERS[self._config.sampler.name].make(self._config, self.seed)
+        return self._inner
+
+    def before_trial(self, study, trial) -> None:
+        self._sampler(trial.number).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._sampler(trial.number).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._sampler(trial.number).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._sampler(trial.number).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._sampler(trial.number).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        if self._inner is not None:
+            self._inner.reseed_rng()
 
 
 def target(config: "StudyConfig") -> int:

@@ -273,6 +273,12 @@ class RunSummary:
     complete_after: int = 0
     stopped_by: str = "target"
     retried: list[int] = field(default_factory=list)
+    ran: int = 0  # COMPLETE trials this process ran (others may complete trials of the study meanwhile)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """An optimize callback: Optuna calls it for this process's trials only."""
+        if trial.state == TrialState.COMPLETE and counted(trial):
+            self.ran += 1
 
 
 def optimize(study: optuna.Study, objective: Callable, target: int, timeout: float | None,
@@ -300,7 +306,7 @@ def optimize(study: optuna.Study, objective: Callable, target: int, timeout: flo
         try:
             with signals.deferred():  # see search/signals.py: no ownerless RUNNING trial on Ctrl-C
                 study.optimize(objective, n_trials=target - done - running, timeout=left,
-                               catch=(TrialFailed,), callbacks=[policy, *callbacks])
+                               catch=(TrialFailed,), callbacks=[policy, summary, *callbacks])
         except ValueError as e:
             # Another process failed our running trial (a stale-heartbeat sweep) and Optuna refuses to
             # tell it; the objective already recorded its result on the retry (search.trials).

@@ -73,19 +73,6 @@ def worker_cpus(index: int, n_workers: int) -> tuple[int, ...] | None:
     return tuple(cores[(start + k) % len(cores)] for k in range(per))
 
 
-def worker_sampler_config(config: Any, index: int) -> Any:
-    """Worker ``index``'s config for its sampler: the seed plus ``index - 1``.
-
-    With one seed, every worker of a seeded sampler would draw the same
-    parameters.  Worker 1 keeps the config's seed.  The sampler seed is not
-    part of the study's identity, so this changes nothing stored.
-    """
-    if index <= 1 or config.sampler.seed is None:
-        return config
-    return config.model_copy(update={"sampler": config.sampler.model_copy(
-        update={"seed": config.sampler.seed + index - 1})})
-
-
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         import ctypes

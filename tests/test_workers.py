@@ -75,7 +75,10 @@ def test_worker_cores_divide_the_machine():
     assert all(len(s) == 1 and s[0] in cores for s in many)  # more workers than cores: at least one each
 
 
-def test_each_worker_samples_with_its_own_seed(tmp_path):
+def test_each_process_seeds_its_sampler_from_its_first_trial_number(tmp_path):
+    import optuna
+
+    from search import samplers
     from search.config import load_config
 
     from .conftest import TINY_CONFIG
@@ -83,10 +86,40 @@ def test_each_worker_samples_with_its_own_seed(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(TINY_CONFIG.format(n_trials=2))
     c = load_config(str(path))
-    seeds = [workers.worker_sampler_config(c, i).sampler.seed for i in (1, 2, 3)]
-    assert seeds == [0, 1, 2]
-    unseeded = c.model_copy(update={"sampler": c.sampler.model_copy(update={"seed": None})})
-    assert workers.worker_sampler_config(unseeded, 3).sampler.seed is None
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(storage=storage, study_name="s", sampler=samplers.ProcessSeeded(c),
+                                directions=c.directions)
+    second = optuna.load_study(storage=storage, study_name="s", sampler=samplers.ProcessSeeded(c))
+    a, b = first.ask(), second.ask()
+    assert (first.sampler.seed, second.sampler.seed) == (0, 1)  # the first process keeps the config's seed
+    assert a.suggest_float("dropout", 0.1, 0.7) != b.suggest_float("dropout", 0.1, 0.7)
+    alone = optuna.create_study(sampler=samplers.make_sampler(c), directions=c.directions)
+    assert alone.ask().suggest_float("dropout", 0.1, 0.7) == a.params["dropout"]  # same draws as before
+
+
+def test_two_commands_on_one_study_draw_no_duplicates_and_each_counts_what_it_ran(tiny):
+    args = tiny.args(tiny.config(n_trials=4), "--heartbeat", "1")
+    procs = [tiny.stand_in_popen(*args, seconds=1.0) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            stop(p)
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    trials = optuna.load_study(study_name="tiny", storage=tiny.storage).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    params = [tuple(sorted(t.params.items())) for t in trials if t.params]
+    assert len(params) == len(set(params))  # no two processes drew the same parameters
+    seeds = {}
+    for t in complete:
+        seeds.setdefault(t.system_attrs["search:owner"]["pid"], set()).add(t.user_attrs["sampler_seed"])
+    assert all(len(s) == 1 for s in seeds.values())
+    assert len(seeds) == 1 or len(set().union(*seeds.values())) == len(seeds)  # one seed per process
+    ran = [int(re.search(r"4/4 COMPLETE trials \((\d+) this run", e).group(1)) for _, e in outs]
+    assert sum(ran) == 4
+    assert all(t.user_attrs.get("reason") == "target reached by another process"
+               for t in trials if t.state == TrialState.PRUNED)
 
 
 # ---------------------------------------------------------------- shared scenarios (SQLite here, PostgreSQL too)

@@ -199,7 +199,10 @@ def from_study(study: Any) -> StudyData:
 
     attrs = study.user_attrs
     config = attrs.get(CONFIG_ATTR) or {}
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    # Trials Optuna created but that ran nothing (another process had reached the target) are no result.
+    trials = sorted((t for t in study.get_trials(deepcopy=False)
+                     if not (t.state == TrialState.PRUNED and not t.params and "reason" in t.user_attrs)),
+                    key=lambda t: t.number)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     split = study_split(study, trials, config)
     n = len(study.directions)
