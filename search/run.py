@@ -18,7 +18,7 @@ from pathlib import Path
 
 from search import config as cfg
 from search import data, features, isolate, signals, snapshots
-from search.errors import Interrupted, StorageError, UsageError, cli_main
+from search.errors import Interrupted, SearchError, StorageError, UsageError, cli_main
 
 MAX_WORKERS_PER_CORE = 4
 
@@ -98,14 +98,36 @@ def main(argv: list[str] | None = None, *, trial_target: str | None = None) -> i
 
 
 def _unmasked(args: argparse.Namespace, trial_target: str | None) -> int:
+    from search import storage as sto
+
+    _quiet_full_disk_in_threads()
     try:
         return _run(args, trial_target)
-    except AssertionError as e:
+    except SearchError:
+        raise
+    except Exception as e:
+        if (where := sto.out_of_space(e)) is not None:
+            raise sto.no_space(where or sto.mask(sto.storage_url(args.storage))) from e
+        if not isinstance(e, AssertionError) or e.__context__ is None:
+            raise
         # Optuna hides a failed final write of a trial behind AssertionError('Should not reach.').
         real = e.__context__
-        if real is None:
-            raise
         raise StorageError(f"storage write failed: {type(real).__name__}: {str(real).splitlines()[0]}") from e
+
+
+def _quiet_full_disk_in_threads() -> None:
+    """Optuna's heartbeat thread prints a traceback when a write fails; a full disk is said once, by the run."""
+    import threading
+
+    from search.storage import out_of_space
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if out_of_space(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
 
 
 def load_settings(args: argparse.Namespace) -> cfg.StudyConfig:

@@ -8,8 +8,10 @@ heartbeat, so a trial whose process died is failed and retried.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import sqlite3
 import time
 import urllib.parse
@@ -132,8 +134,10 @@ def check_intact(path: Path) -> None:
     except sqlite3.OperationalError as e:
         if "locked" in str(e) or "busy" in str(e):
             return  # a writer holds it for longer than the timeout: not damage, and Optuna will wait too
-        problem = str(e)
-    except sqlite3.DatabaseError as e:
+        if shutil.disk_usage(path.parent).free < 1 << 20:  # WAL's shared-memory file could not be made
+            raise no_space(str(path)) from None
+        raise StorageError(f"--storage: cannot open {path}: {e}") from None
+    except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
         problem = str(e)
     else:
         text = [ln for row in rows for ln in str(row[0]).splitlines() if ln.strip() and not ln.startswith("***")]
@@ -250,6 +254,25 @@ def dispose(storage: Any) -> None:
     engine = getattr(getattr(storage, "_backend", storage), "engine", None)
     if engine is not None:
         engine.dispose()
+
+
+def no_space(where: str) -> StorageError:
+    return StorageError(f"no space left on the device of {where}: free space and re-run the same command "
+                        f"(what is stored is kept; the trial that could not be recorded runs again)")
+
+
+def out_of_space(e: BaseException) -> str | None:
+    """For an error caused (anywhere in its chain) by a full disk: the file it names, or "" when it names none;
+    None for any other error.  SQLite says "database or disk is full", the OS ENOSPC."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e.filename or ""
+        if "database or disk is full" in str(e) or "No space left on device" in str(e):
+            return ""
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _first_line(e: Exception) -> str:

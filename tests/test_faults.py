@@ -26,6 +26,7 @@ from search import run
 from search import storage as sto
 
 from .conftest import ROOT, STAND_IN_CLI, TINY_CONFIG, Tiny, lines, run_cli, stop, wait_for
+from .test_workers import running_trials
 from .test_config import BAD, HUGE, SMOKE
 
 
@@ -337,3 +338,69 @@ def test_a_damaged_database_is_one_line_from_every_command_and_nothing_is_writte
         assert err[0].endswith("): restore a copy, or recover it with sqlite3's .recover"), (module, err)
         assert hashlib.sha256(tiny.db.read_bytes()).hexdigest() == before, module
     assert not (tiny.tmp / "rep").exists()
+
+
+# ---------------------------------------------------------------- a full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs (root only); under CI=true a machine that cannot mount one fails the test."""
+    import os
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        why = f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk) -> None:
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def _full_disk_error(r) -> None:
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    (error,) = [ln for ln in lines(r.stderr) if ln.startswith("error:")]
+    assert error == lines(r.stderr)[-1]
+    assert error.startswith("error: no space left on the device of "), error
+    assert "free space and re-run the same command" in error
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_freed(tiny, small_disk):
+    storage = f"sqlite:///{small_disk / 'study.db'}"
+
+    def args(n):
+        a = tiny.args(tiny.config(n_trials=n), "--artifact-dir", str(small_disk / "artifacts"), "--heartbeat", "1")
+        a[a.index("--storage") + 1] = storage
+        return a
+
+    assert tiny.stand_in(*args(2)).returncode == 0
+    _fill(small_disk)  # full before the command starts
+    _full_disk_error(tiny.stand_in(*args(4)))
+    (small_disk / "filler").unlink()
+    proc = tiny.stand_in_popen(*args(4), seconds=3)
+    try:  # full while a trial trains: its result cannot be written
+        wait_for(lambda: running_trials(storage, "tiny"), 120, "a running trial", proc)
+        _fill(small_disk)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        stop(proc)
+    _full_disk_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    (small_disk / "filler").unlink()
+    assert _integrity(small_disk / "study.db") == "ok"
+    r = tiny.stand_in(*args(4))
+    assert r.returncode == 0, r.stderr[-3000:]
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
+    assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
