@@ -36,7 +36,7 @@ from .stand_ins import measures
 RUNTIME = {"trial_backend": "jax", "extraction_backend": "tensorflow", "keras": "3", "jax": "0.1", "tensorflow": "2"}
 GRID = TINY_CONFIG.format(n_trials=2).replace('name = "random"', 'name = "grid"').replace(
     'dropout = {{ type = "float", low = 0.1, high = 0.7 }}'.replace("{{", "{").replace("}}", "}"), "").replace(
-    "choices = [0.0, 1e-4]", "choices = [0.0, 1e38]").replace("[run]", "[run]\nmax_retries = 1")
+    "choices = [0.0, 1e-4]", "choices = [0.0, 0.5]").replace("[run]", "[run]\nmax_retries = 1")
 
 
 def _config(tmp_path: Path, text: str | None = None):
@@ -363,27 +363,35 @@ def real_runner(spec, on_event, timeout) -> Outcome:
     return Outcome(run_trial(spec, lambda **kw: None), peak_memory_mb=1.0, start_memory_mb=0.0)
 
 
+def overflowing_runner(spec: dict, on_event, timeout):
+    """The real trial, with grid point l2 = 0.5 handed over as 1e38 (which the config now refuses at load): its
+    real loss becomes non-finite."""
+    if spec["params"]["l2"] == 0.5:
+        spec = {**spec, "params": {**spec["params"], "l2": 1e38}}
+    return real_runner(spec, on_event, timeout)
+
+
 def test_a_grid_point_with_a_non_finite_loss_is_retried_then_stops_the_run_naming_it(storage, tmp_path, real_cache):
-    """Issue 10: grid over l2 = [0.0, 1e38], 2 trials; 1e38 makes the real loss non-finite."""
+    """Issue 10: grid over l2 = [0.0, 0.5], 2 trials; the real loss of the second point is non-finite."""
     config = _config(tmp_path, GRID)
     study = _new(storage, config)
     st.queue_grid_points(study, config, target(config))
     ctx = obj.Context(config=config, cache_dir=real_cache[0], cache_key=real_cache[1], n_classes=10, target=2,
-                      runner=real_runner)
+                      runner=overflowing_runner)
     policy = st.RetryPolicy(grid=True, max_retries=1, max_failures=config.run.max_consecutive_failures)
     with pytest.raises(st.GridPointFailed,
-                       match=r"^grid point l2=1e\+38 failed 2 times; last: training loss became NaN/inf at epoch 1$"):
+                       match=r"^grid point l2=0.5 failed 2 times; last: training loss became NaN/inf at epoch 1$"):
         st.optimize(study, obj.make_objective(ctx, lambda e: None), 2, None, policy)
     trials = study.get_trials()
     assert [(t.params["l2"], t.state) for t in trials] == [
-        (0.0, TrialState.COMPLETE), (1e38, TrialState.FAIL), (1e38, TrialState.FAIL)]
+        (0.0, TrialState.COMPLETE), (0.5, TrialState.FAIL), (0.5, TrialState.FAIL)]
     assert trials[2].system_attrs["retry_history"] == [1]  # the same point, retried
 
     # Run again later (the cause gone, e.g. memory freed): the point is queued afresh and completes once.
     st.queue_grid_points(study, config, 2)
     _run(study, config, stand_in_runner())
     complete = [t.params["l2"] for t in study.get_trials() if t.state == TrialState.COMPLETE]
-    assert sorted(complete) == [0.0, 1e38]  # every point exactly once, never a duplicate
+    assert sorted(complete) == [0.0, 0.5]  # every point exactly once, never a duplicate
 
 
 def test_a_grid_is_never_completed_by_a_duplicate(storage, tmp_path):
@@ -393,10 +401,10 @@ def test_a_grid_is_never_completed_by_a_duplicate(storage, tmp_path):
     st.queue_grid_points(study, config, 2)
 
     def big_l2_fails(spec):
-        if spec["params"]["l2"] == 1e38:
+        if spec["params"]["l2"] == 0.5:
             raise TrialFailed("trial process killed by SIGKILL (out of memory?)", kind="killed")
 
-    with pytest.raises(st.GridPointFailed, match="grid point l2=1e\\+38 failed 1 times"):
+    with pytest.raises(st.GridPointFailed, match="grid point l2=0.5 failed 1 times"):
         _run(study, config, stand_in_runner(big_l2_fails))
     complete = [t.params["l2"] for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert complete == [0.0]
