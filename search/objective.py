@@ -26,6 +26,7 @@ from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, Study
 from search.errors import Interrupted, TrialFailed
 from search.isolate import Event, Outcome, run_isolated
 from search.trials import Heartbeat, TakenOver, counted, mark_owner, record_taken_over, taken_over
+from search import optuna_compat as compat
 
 TRIAL_TARGET = "search.trial:run_trial"
 TIMEOUT_FACTOR = 10  # default trial time limit: this many times the slowest COMPLETE trial
@@ -133,7 +134,7 @@ def duplicate_of(trial: optuna.Trial, params: dict[str, Any]) -> int | None:
 
 def retried_by(trial: optuna.Trial) -> int | None:
     """For a retry: another copy of the same failed trial that is COMPLETE or RUNNING with a lower number."""
-    history = trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history")
+    history = trial.storage.get_trial_system_attrs(compat.trial_id(trial)).get("retry_history")
     if not history:
         return None
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
@@ -200,7 +201,7 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
                 spec = trial_spec(ctx, params, trial.number)
                 if (plan := snapshots.plan(ctx.config, params, trial.study)) is not None:
                     spec["snapshots"] = plan  # epochs to evaluate, and the earlier rung vectors early stopping needs
-                with Heartbeat(trial.storage, trial._trial_id, ctx.heartbeat_s):
+                with Heartbeat(trial.storage, compat.trial_id(trial), ctx.heartbeat_s):
                     outcome = ctx.run(spec, on_event, trial_timeout(trial.study, ctx.config))
         except TrialFailed as e:
             _record_failure(trial, str(e), e.kind)

@@ -45,6 +45,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from search import optuna_compat as compat
+
 EARLY_STOPPING: dict[str, str] = {
     "none": "every trial trains its full number of epochs",
     "moasha": "at each rung, a trial whose snapshot is dominated (on the quality objectives) by more than half "
@@ -237,7 +239,7 @@ def record(study: Any, parent: int, params: dict[str, Any], distributions: dict[
     import optuna
 
     budgets = config.constraints.budgets()
-    storage = study._storage
+    storage = compat.storage_of(study)
     numbers = []
     for snap in result.get("snapshots") or []:
         attrs = snapshot_attrs(result, snap, parent, resolved)
@@ -250,7 +252,7 @@ def record(study: Any, parent: int, params: dict[str, Any], distributions: dict[
             attrs["feasible"] = all(c <= 0 for c in constraints.values())
         frozen = optuna.trial.create_trial(params={**params, "epochs": snap["epoch"]}, distributions=distributions,
                                            values=values, user_attrs=attrs, constraints=constraints)
-        trial_id = storage.create_new_trial(study._study_id, template_trial=frozen)
+        trial_id = storage.create_new_trial(compat.study_id(study), template_trial=frozen)
         numbers.append(storage.get_trial_number_from_id(trial_id))
     return numbers
 

@@ -32,6 +32,7 @@ from search.config import StudyConfig, differences
 from search.errors import DriftError, SearchError, TooManyFailures, TrialFailed
 from search.storage import check_url, dispose, open_storage
 from search.trials import OWNER_ATTR, attempts, counted, fail_and_retry, n_counted, owner_alive, retry
+from search import optuna_compat as compat
 
 IDENTITY_ATTR = "search:identity"
 CONFIG_ATTR = "search:config"
@@ -310,7 +311,7 @@ def optimize(study: optuna.Study, objective: Callable, target: int, timeout: flo
         except ValueError as e:
             # Another process failed our running trial (a stale-heartbeat sweep) and Optuna refuses to
             # tell it; the objective already recorded its result on the retry (search.trials).
-            if "Cannot tell a" not in str(e):
+            if not compat.is_cannot_tell(e):
                 raise
         if policy.error is not None:
             raise policy.error

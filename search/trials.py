@@ -21,6 +21,8 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
+from search import optuna_compat as compat
+
 OWNER_ATTR = "search:owner"
 # User attributes a retry keeps: what the trial is, not what an attempt measured.
 _RETRY_KEEPS = ("resolved_params",)
@@ -29,7 +31,7 @@ _RETRY_KEEPS = ("resolved_params",)
 def mark_owner(trial: optuna.Trial) -> None:
     """Record who runs the trial, so a resume can tell a dead owner from a live one."""
     me = psutil.Process()
-    trial.storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, {
+    trial.storage.set_trial_system_attr(compat.trial_id(trial), OWNER_ATTR, {
         "host": socket.gethostname(), "pid": os.getpid(), "started": me.create_time()})
 
 
@@ -87,16 +89,16 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, kind: s
     The failure is written first and the retry second; a resume finds a FAIL trial
     whose retry was never queued and queues it (search.study.requeue_unretried).
     """
-    storage = study._storage
+    storage = compat.storage_of(study)
     try:
         # The reason first: Optuna refuses attributes on a finished trial.
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        storage.set_trial_user_attr(trial._trial_id, "fail_kind", kind)
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+        storage.set_trial_user_attr(compat.trial_id(trial), "fail_reason", reason)
+        storage.set_trial_user_attr(compat.trial_id(trial), "fail_kind", kind)
+        if not storage.set_trial_state_values(compat.trial_id(trial), TrialState.FAIL):
             return False
     except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
         return False
-    retry(study, storage.get_trial(trial._trial_id))
+    retry(study, storage.get_trial(compat.trial_id(trial)))
     return True
 
 
@@ -113,7 +115,7 @@ class TakenOver(Exception):
 
 def taken_over(trial: optuna.Trial) -> bool:
     """True when the storage no longer holds ``trial`` as RUNNING (another process failed it)."""
-    return trial.storage.get_trial(trial._trial_id).state != TrialState.RUNNING
+    return trial.storage.get_trial(compat.trial_id(trial)).state != TrialState.RUNNING
 
 
 def record_taken_over(trial: optuna.Trial, values: list[float], result: dict[str, Any],
@@ -125,17 +127,17 @@ def record_taken_over(trial: optuna.Trial, values: list[float], result: dict[str
     trial with the same parameters.  Returns the number of the trial that holds the result.
     """
     study, storage = trial.study, trial.storage
-    frozen = storage.get_trial(trial._trial_id)
+    frozen = storage.get_trial(compat.trial_id(trial))
     attrs = {**result, "resolved_params": frozen.user_attrs.get("resolved_params"), "recovered_from": frozen.number}
     system = {f"constraints:{k}": v for k, v in (constraints or {}).items()}
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if frozen.number in t.system_attrs.get("retry_history", ()) and \
-                storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                storage.set_trial_state_values(compat.trial_id(t), TrialState.RUNNING):
             for k, v in attrs.items():
-                storage.set_trial_user_attr(t._trial_id, k, v)
+                storage.set_trial_user_attr(compat.trial_id(t), k, v)
             for k, v in system.items():
-                storage.set_trial_system_attr(t._trial_id, k, v)
-            storage.set_trial_state_values(t._trial_id, TrialState.COMPLETE, values)
+                storage.set_trial_system_attr(compat.trial_id(t), k, v)
+            storage.set_trial_state_values(compat.trial_id(t), TrialState.COMPLETE, values)
             return t.number
     new_id = storage.create_new_trial(
         storage.get_study_id_from_name(study.study_name),

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from search import optuna_compat as compat
+
 WORKER_FLAG = "--worker"
 POLL_S = 0.5
 STOP_GRACE_S = 60.0
@@ -116,7 +118,7 @@ def run_workers(args: Any, study: Any, display: Any, config: Any, target: int, s
     complete_before = st.counts(study)[TrialState.COMPLETE]
     retried = st.recover_dead_trials(study)
     # Opening the storage left two idle connections; polling from one thread needs one.
-    dispose(study._storage)
+    dispose(compat.storage_of(study))
     env = {**os.environ, STORAGE_ENV: storage_url}
     pool = _adopt_display(display, n)
     pool.start(study, target, config.metric_names)
@@ -243,7 +245,7 @@ def _adopt_display(display: Any, n_workers: int) -> Any:
     class PoolDisplay(Display):
         def start(self, study, target, metric_names) -> None:
             self._announced: set[int] = set()
-            self._ended = {t._trial_id for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+            self._ended = {compat.trial_id(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
             super().start(study, target, metric_names)
 
         def poll(self) -> None:
@@ -252,12 +254,12 @@ def _adopt_display(display: Any, n_workers: int) -> Any:
             for t in sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number)):
                 if t.state == TrialState.RUNNING:
                     running.append(t.number)
-                    if t._trial_id not in self._announced and "resolved_params" in t.user_attrs:
-                        self._announced.add(t._trial_id)
+                    if compat.trial_id(t) not in self._announced and "resolved_params" in t.user_attrs:
+                        self._announced.add(compat.trial_id(t))
                         self.on_event({"event": "trial", "number": t.number, "params": t.user_attrs["resolved_params"]})
-                elif t.state.is_finished() and t._trial_id not in self._ended:
-                    self._ended.add(t._trial_id)
-                    if t.state == TrialState.PRUNED and t._trial_id not in self._announced:
+                elif t.state.is_finished() and compat.trial_id(t) not in self._ended:
+                    self._ended.add(compat.trial_id(t))
+                    if t.state == TrialState.PRUNED and compat.trial_id(t) not in self._announced:
                         continue  # a worker found the target already claimed: no news
                     if is_snapshot(t):
                         continue  # an epoch snapshot: announced with its parent, no trial time of its own

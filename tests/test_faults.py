@@ -404,3 +404,19 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
     assert r.returncode == 0, r.stderr[-3000:]
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
     assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
+
+
+# ---------------------------------------------------------------- randomized kills (benchmarks.kill_test)
+
+@pytest.mark.slow
+def test_a_kill_9_in_every_stage_loses_nothing_and_the_same_command_finishes(tmp_path):
+    """The short version of ``python -m benchmarks.kill_test``: one seeded kill per stage (extraction, view
+    extraction, training, artifact upload, snapshot recording, a worker's commit), each resumed and checked."""
+    from benchmarks import kill_test
+
+    from .conftest import requires
+
+    requires("fashion")
+    res = kill_test.run(tmp_path / "kill", kills=len(kill_test.STAGES), seed=1)
+    assert res["survived"] == res["kills"] == len(kill_test.STAGES)
+    assert all(s["complete_grid_points"] == kill_test.GRID_POINTS for s in res["studies"])
