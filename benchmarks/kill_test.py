@@ -65,11 +65,13 @@ STAGES = {
     "training": ("training epoch 0/", 1.5),
     "pictures and artifact upload": ("drawing pictures", 1.5),
     "snapshot recording": ("evaluating", 2.5),
-    "worker commit (--workers 2)": ("evaluating", 2.5),
+    # The parent of --workers shows its workers' trials only as they start and end.
+    "worker commit (--workers 2)": ("started:", 8.0),
 }
 MARKERS = [("extracting features", "extraction"), ("extracting augmented views", "view extraction"),
-           ("training epoch", "training"), ("evaluating", "evaluation"), ("drawing pictures", "artifact upload"),
-           ("COMPLETE:", "recording")]
+           ("training epoch", "training"), ("evaluating", "evaluation"),
+           ("drawing pictures", "pictures, artifact upload, result and snapshot recording"),
+           ("started:", "a trial (a worker's, with --workers 2)"), ("COMPLETE:", "between trials")]
 
 
 def command(work: Path, study: str, workers: bool) -> list[str]:
