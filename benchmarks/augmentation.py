@@ -13,8 +13,8 @@ slice, for every seed:
 Reports test accuracy per arm (mean, 95% t-interval over the seeds), the
 difference to ``online`` paired by seed (same split), trial time and peak
 memory; and what the view caches cost to extract (V passes of the backbone
-over the slice) next to the plain cache.  Prints a Markdown table for the
-README, headed by the command that produced it.  Backbone weights default to
+over the slice) next to the plain cache.  Prints a Markdown table for
+docs/guide.md, headed by the command that produced it.  Backbone weights default to
 ``random`` (ImageNet's cannot be downloaded here): the comparison is of the
 augmentation pipelines, not of ImageNet transfer.
 
@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from search import augment, data, features
+from search.runtime import extraction_backend, runtime_identity
+from search.config.choices import DATASETS
 from search.config import SEARCHABLE, StudyConfig, load_config
 from search.isolate import run_isolated
 from search.objective import Context, resolve_params, trial_spec
@@ -100,7 +102,7 @@ def _extract(target: str, spec: dict[str, Any], cache_dir: Path, key: str, n_ima
         start = time.perf_counter()
         out = run_isolated(target, {**spec, "out_dir": str(tmp)},
                            lambda e: events.append((time.perf_counter() - start, e)),
-                           env={"KERAS_BACKEND": features.extraction_backend()})
+                           env={"KERAS_BACKEND": extraction_backend()})
         wall = time.perf_counter() - start
         done = [(s, e) for s, e in events if e.get("done")]
         steady = len(done) >= 2
@@ -122,7 +124,7 @@ def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     start_load = [round(x, 2) for x in os.getloadavg()]
     base = load_config(BASE_STUDY)
     weights = features.resolve_weights(a.weights)
-    runtime = features.runtime_identity("jax")
+    runtime = runtime_identity("jax")
     pooled = data.load_pooled("fashion_mnist", a.data_dir, a.subset)
     fingerprint = pooled.fingerprint()
     n = len(pooled.labels)
@@ -154,7 +156,7 @@ def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
         for name, cfg, extra in arms:
             cfg = cfg.with_seed(seed)
             ctx = Context(config=cfg, cache_dir=cache_dir, cache_key=key, n_classes=10, target=1,
-                          class_names=data.DATASETS["fashion_mnist"].class_names, extra_spec=extra)
+                          class_names=DATASETS["fashion_mnist"].class_names, extra_spec=extra)
             spec = trial_spec(ctx, resolve_params(cfg, {}))
             start = time.perf_counter()
             out = ctx.run(spec, lambda e: None, None)

@@ -1,5 +1,5 @@
 """``python -m benchmarks.dispatch``: the fmnist_reg head trained with one step per call of Keras' compiled train
-function vs ``search.head.STEPS_PER_CALL`` steps per call (Keras' ``steps_per_execution``), on Keras/JAX.
+function vs ``search.runtime.STEPS_PER_CALL`` steps per call (Keras' ``steps_per_execution``), on Keras/JAX.
 
 Both arms train the production head (1024 units, dropout 0.5, Adam 1e-3, batch 32) through ``search.head.fit``
 with the same seed on the same rows (the cached random-weight features of Fashion-MNIST, split 0.8: 56,000
@@ -30,9 +30,9 @@ def train(spec: dict[str, Any], report) -> dict[str, Any]:
     import keras
     import numpy as np
 
-    from search import data, features, head, metrics
+    from search import data, features, head, metrics, runtime
 
-    head.STEPS_PER_CALL = spec["steps_per_call"]  # this child's arm; fit compiles with it
+    runtime.STEPS_PER_CALL = spec["steps_per_call"]  # this child's arm; fit compiles with it
     seed = spec["seed"]
     xf, y = features.load_verified(spec["cache_dir"], spec["key"])
     tr, te = data.split_indices(y, spec["split_ratio"], seed)
@@ -96,7 +96,7 @@ def table(runs: list[dict[str, Any]], s: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import child, ensure_features, machine
     from search.features import default_cache_dir
-    from search.head import STEPS_PER_CALL
+    from search.runtime import STEPS_PER_CALL
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.dispatch", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3, help="rounds of both arms, alternating (default 3)")

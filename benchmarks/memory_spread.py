@@ -19,6 +19,8 @@ from pathlib import Path
 
 from search import config as cfg
 from search import data, features
+from search.runtime import extraction_backend, runtime_identity
+from search.config.choices import DATASETS
 from search import objective as obj
 from search.isolate import run_isolated
 
@@ -36,23 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = a.cache_dir or Path(tempfile.mkdtemp(prefix="memspread-"))
     pooled = data.load_pooled("fashion_mnist", None, a.subset)
     weights = features.resolve_weights("random")
-    runtime = features.runtime_identity(a.backend)
+    runtime = runtime_identity(a.backend)
     key = features.cache_key("fashion_mnist", a.subset, "unit", "bilinear", weights, pooled.fingerprint(), runtime)
 
     def build(tmp: Path) -> None:
         run_isolated("search.features:extract_job", {
             "dataset": "fashion_mnist", "data_dir": None, "subset": a.subset, "subset_seed": 0,
             "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights), "out_dir": str(tmp)},
-            env={"KERAS_BACKEND": features.extraction_backend()})
+            env={"KERAS_BACKEND": extraction_backend()})
 
     features.ensure_cached(cache_dir, key, build)
     ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=10, target=0,
-                      class_names=data.DATASETS["fashion_mnist"].class_names)
+                      class_names=DATASETS["fashion_mnist"].class_names)
     params = obj.resolve_params(config, {"split_ratio": 0.8, "epochs": a.epochs, "l1": 0.0, "l2": 1e-4,
                                          "dropout": 0.5})
     peaks, trial_mem = [], []
     for i in range(a.repeats):
-        out = run_isolated(obj.TRIAL_TARGET, obj.trial_spec(ctx, params), env={"KERAS_BACKEND": a.backend})
+        out = run_isolated(obj.TRIAL_TARGET, obj.trial_spec(ctx, params).as_dict(), env={"KERAS_BACKEND": a.backend})
         peaks.append(out.peak_memory_mb)
         trial_mem.append(out.trial_memory_mb)
         print(f"repeat {i + 1}: peak_memory_mb {out.peak_memory_mb:.1f}, trial_memory_mb {out.trial_memory_mb:.1f}, "

@@ -39,7 +39,7 @@ def measure(n_trials: int, workdir: Path, window: int = 50) -> dict[str, Any]:
     import optuna
 
     from search import config as cfg
-    from search import features
+    from search import runtime
     from search import objective as obj
     from search import storage as sto
     from search import study as st
@@ -64,7 +64,7 @@ def measure(n_trials: int, workdir: Path, window: int = 50) -> dict[str, Any]:
     db = workdir / "overhead.db"
     db.unlink(missing_ok=True)
     storage = sto.open_storage(f"sqlite:///{db}")
-    ident = cfg.study_identity(config, "random(seed=0)", "bench", features.runtime_identity("jax"))
+    ident = cfg.study_identity(config, "random(seed=0)", "bench", runtime.runtime_identity("jax"))
     study, _ = st.create_or_resume(storage, "overhead", config, ident, make_sampler(config))
     ctx = obj.Context(config=config, cache_dir=workdir, cache_key="none", n_classes=10, target=n_trials,
                       runner=runner)

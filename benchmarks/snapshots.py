@@ -8,7 +8,7 @@ TPE, epochs 5-25), each from a fresh study, one trial at a time on this machine'
 - ``moasha``: snapshots + ``run.early_stopping = "moasha"`` (rungs 5, 10, 20);
 - ``topk``: the simple baseline "keep the top K after one epoch" (Egele et al. 2023): round after round,
   sample N configurations at random, train each for 1 epoch, keep the K best by the quality objectives
-  (non-dominated sorting, search.snapshots.top_k), train those to their own sampled epochs (from scratch,
+  (non-dominated sorting, search.epochs.top_k), train those to their own sampled epochs (from scratch,
   with snapshots, as the ``snapshots`` variant).  The 1-epoch screening runs count as wall time but are not
   points: 1 epoch is outside the searched range the other variants are held to.
 
@@ -208,7 +208,7 @@ def prepare(plan: Plan, base) -> Setup:
     """Build the features with the service's own command (a 1-trial study of 1-2 epochs), then read what a
     study's identity says about them (as search.confirm does)."""
     from search import features, storage
-    from search.data import DATASETS
+    from search.config.choices import DATASETS
     from search.study import IDENTITY_ATTR
 
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ def top_k_rounds(setup: Setup, study, config, seed: int, deadline: float, plan: 
     import optuna
 
     from search import objective as obj
-    from search import snapshots
+    from search import epochs, snapshots
     from search.errors import TrialFailed
     from search.trials import n_counted
 
@@ -337,7 +337,7 @@ def top_k_rounds(setup: Setup, study, config, seed: int, deadline: float, plan: 
             screened.append({"params": suggested, "quality": batch[-1][1]})
         if len(batch) < plan.topk_n:
             break  # the budget ended during screening
-        keep = snapshots.top_k([v for _, v in batch], [d for _, _, d in quality], plan.topk_k)
+        keep = epochs.top_k([v for _, v in batch], [d for _, _, d in quality], plan.topk_k)
         for i in keep:
             study.enqueue_trial(batch[i][0])
         optimize(study, ctx, n_counted(study) + len(keep), deadline - time.monotonic())

@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.common import child, load_text, load_warning, loadavg
 from search import data, features
+from search.config.choices import DATASETS
 
 
 def fmnist_reg_spec(cache_dir: str, key: str, epochs: int, split_ratio: float = 0.8, batch_size: int = 32,
@@ -30,10 +31,10 @@ def fmnist_reg_spec(cache_dir: str, key: str, epochs: int, split_ratio: float = 
     config = cfg.load_config("fmnist_reg").with_weights("random").with_seed(seed)
     # artifact_dir set: the trial draws its pictures, as in a run (the benchmark only times them).
     ctx = obj.Context(config=config, cache_dir=Path(cache_dir), cache_key=key, n_classes=10, target=1,
-                      class_names=data.DATASETS["fashion_mnist"].class_names, artifact_dir=Path(cache_dir))
+                      class_names=DATASETS["fashion_mnist"].class_names, artifact_dir=Path(cache_dir))
     chosen = {"split_ratio": split_ratio, "epochs": epochs, "dropout": 0.5, "l1": 0.0, "l2": 1e-4,
               "batch_size": batch_size}
-    return obj.trial_spec(ctx, obj.resolve_params(config, chosen))
+    return obj.trial_spec(ctx, obj.resolve_params(config, chosen)).as_dict()
 
 
 def metric(result: dict[str, Any], name: str) -> float | None:
@@ -124,7 +125,7 @@ def breakdown_table(b: dict[str, Any]) -> str:
 
 def run(spec: dict[str, Any], backend: str = "jax", env: dict[str, str] | None = None) -> dict[str, Any]:
     """One trial in a fresh child on ``backend``; its figures and the breakdown of its wall time."""
-    from search.data import DATASETS
+    from search.config.choices import DATASETS
 
     load_before = loadavg()
     t0 = time.time()

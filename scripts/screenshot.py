@@ -1,4 +1,4 @@
-"""Make the README's pictures: a dashboard screenshot and a report figure, from a finished study.
+"""Make the pictures of README.md and docs/guide.md (a dashboard screenshot, a report figure) from a study.
 
     python scripts/screenshot.py                      # runs the smoke study in a temp dir first (~2 min)
     python scripts/screenshot.py --storage sqlite:///studies.db --study smoke

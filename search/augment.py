@@ -28,18 +28,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from search.config.choices import HANDLINGS
 from search.errors import DataError, TrialFailed
+from search import data, features, head
+from search.features import augmenter
+from search.runtime import extraction_backend
 
 if TYPE_CHECKING:
     from search.config import StudyConfig
     from search.features import FeatureStore, Weights
     from search.head import AfterEpoch, FitResult, HeadParams
-
-MODES: dict[str, str] = {
-    "none": "no augmentation: the plain feature cache",
-    "views": "V augmented views of every image extracted once; each epoch draws one view per training row",
-    "online": "the frozen backbone in the loop, augmentation per batch (the paper's way; slow)",
-}
+    from search.spec import TrialSpec
 
 # What a view is made of; part of the view cache's key, so a change here never reuses old views.
 METHOD = "keras3 RandomRotation, RandomTranslation (fill nearest), RandomFlip horizontal; on backbone input; v1"
@@ -55,26 +54,6 @@ IMAGE_CHUNK = 8192  # images converted to backbone input at a time (online)
 BACKBONE_CHECK_ROWS = 16
 
 
-def augmenter(rotation: float, shift: float, horizontal_flip: bool, seed: int):
-    """A Keras model applying the paper's augmentation to (N, 32, 32, 3) images, seeded.
-
-    ``rotation`` is in degrees (Keras' RandomRotation takes a fraction of a full turn).
-    The layers augment when called directly and when fitting, never in ``predict``.
-    """
-    import keras
-
-    layers: list[Any] = [keras.Input((32, 32, 3))]
-    if rotation:
-        layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest", seed=seed))
-    if shift:
-        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1))
-    if horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
-    if len(layers) == 1:  # every transformation off: a model still, so callers need no special case
-        layers.append(keras.layers.Identity())
-    return keras.Sequential(layers, name="augmentation")
-
-
 # ---------------------------------------------------------------- views: identity and draws
 
 def view_settings(aug: Any, seed: int = VIEW_SEED) -> dict[str, Any]:
@@ -86,11 +65,6 @@ def view_settings(aug: Any, seed: int = VIEW_SEED) -> dict[str, Any]:
     return {"rotation": float(d["rotation"]), "shift": float(d["shift"]),
             "horizontal_flip": bool(d["horizontal_flip"]), "views": int(d["views"]), "seed": int(seed),
             "method": METHOD}
-
-
-def view_seed(seed: int, view: int) -> int:
-    """The augmentation seed of view ``view`` of an entry drawn with ``seed``: an independent stream per view."""
-    return int(np.random.SeedSequence([seed, view]).generate_state(1)[0] >> 2)  # Keras seeds fit in int32
 
 
 def draw_views(n_rows: int, n_views: int, seed: int, epoch: int) -> np.ndarray:
@@ -118,19 +92,12 @@ def modes_used(config: "StudyConfig") -> set[str]:
 
 def view_key(config: "StudyConfig", weights: "Weights", fingerprint: str, runtime: dict[str, str]) -> str:
     """The view cache's entry: the plain cache's key plus the view settings."""
-    from search import features
-
-    return features.cache_key(config.dataset.name, config.dataset.subset, config.preprocessing.name,
-                              config.preprocessing.resize, weights, fingerprint, runtime,
-                              augmentation=view_settings(config.augmentation))
+    return features.study_key(config, weights, fingerprint, runtime, augmentation=view_settings(config.augmentation))
 
 
 def views_job_spec(config: "StudyConfig", weights: "Weights", data_dir: Path | None) -> dict[str, Any]:
     """The spec of ``search.features:extract_views_job`` (add ``out_dir``)."""
-    return {"dataset": config.dataset.name, "data_dir": str(data_dir) if data_dir else None,
-            "subset": config.dataset.subset, "subset_seed": 0, "preprocessing": config.preprocessing.name,
-            "resize": config.preprocessing.resize, "weights": vars(weights),
-            "views": view_settings(config.augmentation)}
+    return {**features.job_spec(config, weights, data_dir), "views": view_settings(config.augmentation)}
 
 
 def extra_spec(config: "StudyConfig", *, views_key: str | None, weights: "Weights", fingerprint: str,
@@ -141,8 +108,6 @@ def extra_spec(config: "StudyConfig", *, views_key: str | None, weights: "Weight
     directory) and what they must be (the study's data fingerprint), and the backbone to put
     in the loop (the weights and the extraction backend, see ``trial_backend``).
     """
-    from search import features
-
     modes = modes_used(config)
     out: dict[str, Any] = {}
     if "views" in modes:
@@ -153,19 +118,19 @@ def extra_spec(config: "StudyConfig", *, views_key: str | None, weights: "Weight
         out["online"] = {"dataset": config.dataset.name, "subset": config.dataset.subset,
                          "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "fingerprint": fingerprint,
                          "preprocessing": config.preprocessing.name, "resize": config.preprocessing.resize,
-                         "weights": vars(weights), "backend": features.extraction_backend()}
+                         "weights": vars(weights), "backend": extraction_backend()}
     return out
 
 
-def trial_backend(spec: dict[str, Any], default: str) -> str:
+def trial_backend(spec: "TrialSpec", default: str) -> str:
     """The Keras backend of a trial's process: an ``online`` trial runs on the extraction backend.
 
     Its backbone must be the one that made the cached evaluation features, and a random
     initialisation differs between backends (same seed, other generator); ResNet50 also runs
     2.5x faster on TensorFlow than on JAX on these CPUs.  Every other trial trains on ``default``.
     """
-    if spec.get("params", {}).get("augmentation") == "online" and "online" in spec:
-        return str(spec["online"]["backend"])
+    if spec.params.augmentation == "online" and spec.online:
+        return str(spec.online["backend"])
     return default
 
 
@@ -182,46 +147,35 @@ class Augmented:
                     tuple[Any, "FitResult"]]
 
 
-def training(spec: dict[str, Any], mode: str, rows: np.ndarray, store: "FeatureStore", handling: str,
-             seed: int, report: Callable[..., None]) -> Augmented:
+def training(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: Callable[..., None]) -> Augmented:
     """The augmented training input of a trial whose training rows (of the plain cache ``store``) are ``rows``.
 
     Called while ``store`` is open; the returned object holds no reference to it.
     """
-    from search import data
-
-    if mode == "views":
-        if "views_key" not in spec:
-            raise TrialFailed("augmentation 'views' needs the view cache, which this study did not build")
-        return _views(spec, rows, store.labels, handling, seed)
-    if mode == "online":
-        if "online" not in spec:
-            raise TrialFailed("augmentation 'online' needs the images, which this study's spec does not name")
-        if data.HANDLINGS[handling][0] == "data":
-            raise TrialFailed(f"handling {handling!r} resamples cached features; augmentation 'online' trains on "
-                              f"images (use 'views', or a loss handling)")
-        return _online(spec, rows, store, seed, report)
-    raise ValueError(f"not an augmentation with its own training input: {mode!r}")
+    mode = spec.params.augmentation
+    if mode not in TRAINING_INPUTS:
+        raise ValueError(f"not an augmentation with its own training input: {mode!r}")
+    return TRAINING_INPUTS[mode](spec, rows, store, report)
 
 
-def _views(spec: dict[str, Any], rows: np.ndarray, labels: np.ndarray, handling: str, seed: int) -> Augmented:
-    from search import data, features
-
-    store = features.FeatureStore(spec["cache_dir"], spec["views_key"])
+def _views(spec: "TrialSpec", rows: np.ndarray, plain: "FeatureStore", report: Callable[..., None]) -> Augmented:
+    handling = spec.params.handling
+    if not spec.views_key:
+        raise TrialFailed("augmentation 'views' needs the view cache, which this study did not build")
+    labels = plain.labels
+    store = features.FeatureStore(spec.cache_dir, spec.views_key)
     if store.n != len(labels) or not np.array_equal(store.labels, labels):
-        raise TrialFailed(f"view cache {store.entry} does not hold the rows of the feature cache {spec['key']}")
+        raise TrialFailed(f"view cache {store.entry} does not hold the rows of the feature cache {spec.key}")
     n_views = store.n_views
     y = labels[rows]
-    counts = data.class_counts(y, spec["n_classes"])
-    if data.HANDLINGS[handling][0] == "data":
+    counts = data.class_counts(y, spec.n_classes)
+    if HANDLINGS[handling].changes == "data":
         # Resampling runs per epoch on that epoch's views (view_batches); its class counts do not vary.
         present = [c for c in counts if c]
         counts = [max(present) if c else 0 for c in counts]
 
     def train(n_classes: int, hp: "HeadParams", seed_: int, after_epoch: "AfterEpoch | None",
               on_epoch: Callable[[int, float], None]) -> tuple[Any, "FitResult"]:
-        from search import head
-
         batches = view_batches(store, rows, y, n_classes, hp, seed_, handling)
         model = head.build_head(store.n_features, n_classes, hp, seed_)
         try:
@@ -230,6 +184,72 @@ def _views(spec: dict[str, Any], rows: np.ndarray, labels: np.ndarray, handling:
             batches.close()
 
     return Augmented("views", n_views, counts, train)
+
+
+class ViewDraws:
+    """The training batches of one trial, drawn from the view cache draw by draw (see ``view_batches``)."""
+
+    def __init__(self, store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_classes: int, hp: "HeadParams",
+                 seed: int, handling: str):
+        self.store, self.rows, self.y, self.n_classes, self.hp = store, rows, y, n_classes, hp
+        self.seed, self.handling = seed, handling
+        self.weights = head.class_weights(y, n_classes) if hp.handling == "class_weight" else None
+        counts = np.bincount(y, minlength=n_classes)
+        # Both resamplers raise every class to the largest one's count: an epoch's length does not vary.
+        self.n_epoch = (int(counts.max()) * int((counts > 0).sum()) if handling in ("oversample", "smote")
+                        else len(y))
+        self.draw = 0
+        self._new_draw()
+
+    def _new_draw(self) -> None:
+        d, rows, y = self.draw, self.rows, self.y
+        self._rows, self._y = rows, y
+        if self.handling == "oversample":
+            # RandomOverSampler only copies rows, so resampling the row numbers resamples the rows.
+            r, self._y = data.resample(rows[:, None].astype(np.float32), y, self.handling, _epoch_seed(self.seed, d, 1))
+            self._rows = r[:, 0].astype(np.int64)
+        self._views = draw_views(len(self._rows), self.store.n_views, self.seed, d)
+        self._order = np.random.default_rng(_epoch_seed(self.seed, d, 2)).permutation(self.n_epoch)
+        self._x: np.ndarray | None = None      # smote only: this draw's resampled features
+        self._since_release = 0
+
+    def _smote_rows(self) -> None:
+        x = np.empty((len(self.rows), self.store.n_features), dtype=np.float32)
+        for start in range(0, len(self.rows), RELEASE_ROWS):
+            part = slice(start, start + RELEASE_ROWS)
+            x[part] = self.store.take(self.rows[part], self._views[part])
+            self.store.release()
+        self._x, self._y = data.resample(x, self.y, self.handling, _epoch_seed(self.seed, self.draw, 1))
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.n_epoch / self.hp.batch_size)
+
+    def batch(self, i: int) -> tuple[np.ndarray, ...]:
+        idx = self._order[i * self.hp.batch_size:(i + 1) * self.hp.batch_size]
+        if self.handling == "smote":
+            if self._x is None:
+                self._smote_rows()
+            xb = self._x[idx]
+        else:
+            xb = self.store.take(self._rows[idx], self._views[idx])
+            self._since_release += len(idx)
+            if self._since_release >= RELEASE_ROWS:
+                self.store.release()
+                self._since_release = 0
+        yb = self._y[idx]
+        target = np.eye(self.n_classes, dtype=np.float32)[yb] if self.hp.one_hot else yb
+        if self.weights is None:
+            return xb, target
+        return xb, target, np.array([self.weights.get(int(c), 1.0) for c in yb], dtype=np.float32)
+
+    def next_draw(self) -> None:
+        self.draw += 1
+        self._new_draw()
+
+    def close(self) -> None:
+        self._x = None
+        self.store.close()
 
 
 def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_classes: int, hp: "HeadParams",
@@ -252,80 +272,38 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
     """
     import keras
 
-    from search import data, head
-
-    weights = head.class_weights(y, n_classes) if hp.handling == "class_weight" else None
-    counts = np.bincount(y, minlength=n_classes)
-    # Both resamplers raise every class to the largest one's count: an epoch's length does not vary.
-    n_epoch = int(counts.max()) * int((counts > 0).sum()) if handling in ("oversample", "smote") else len(y)
-
     class ViewBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
             super().__init__()
-            self.draw = 0
-            self._new_draw()
-
-        def _new_draw(self) -> None:
-            d = self.draw
-            self._rows, self._y = rows, y
-            if handling == "oversample":
-                # RandomOverSampler only copies rows, so resampling the row numbers resamples the rows.
-                r, self._y = data.resample(rows[:, None].astype(np.float32), y, handling, _epoch_seed(seed, d, 1))
-                self._rows = r[:, 0].astype(np.int64)
-            self._views = draw_views(len(self._rows), store.n_views, seed, d)
-            self._order = np.random.default_rng(_epoch_seed(seed, d, 2)).permutation(n_epoch)
-            self._x: np.ndarray | None = None      # smote only: this draw's resampled features
-            self._since_release = 0
-
-        def _smote_rows(self) -> None:
-            x = np.empty((len(rows), store.n_features), dtype=np.float32)
-            for start in range(0, len(rows), RELEASE_ROWS):
-                part = slice(start, start + RELEASE_ROWS)
-                x[part] = store.take(rows[part], self._views[part])
-                store.release()
-            self._x, self._y = data.resample(x, y, handling, _epoch_seed(seed, self.draw, 1))
+            self.draws = ViewDraws(store, rows, y, n_classes, hp, seed, handling)
 
         @property
         def num_batches(self) -> int:
-            return math.ceil(n_epoch / hp.batch_size)
+            return self.draws.num_batches
 
         def __len__(self) -> int:  # search.head.fit counts an epoch's steps with len()
-            return self.num_batches
+            return self.draws.num_batches
 
         def __getitem__(self, i: int):
-            idx = self._order[i * hp.batch_size:(i + 1) * hp.batch_size]
-            if handling == "smote":
-                if self._x is None:
-                    self._smote_rows()
-                xb = self._x[idx]
-            else:
-                xb = store.take(self._rows[idx], self._views[idx])
-                self._since_release += len(idx)
-                if self._since_release >= RELEASE_ROWS:
-                    store.release()
-                    self._since_release = 0
-            yb = self._y[idx]
-            target = np.eye(n_classes, dtype=np.float32)[yb] if hp.one_hot else yb
-            if weights is None:
-                return xb, target
-            return xb, target, np.array([weights.get(int(c), 1.0) for c in yb], dtype=np.float32)
+            return self.draws.batch(i)
 
         def on_epoch_end(self) -> None:
-            self.draw += 1
-            self._new_draw()
+            self.draws.next_draw()
 
         def close(self) -> None:
-            self._x = None
-            store.close()
+            self.draws.close()
 
     return ViewBatches()
 
 
-def _online(spec: dict[str, Any], rows: np.ndarray, store: "FeatureStore", seed: int,
-            report: Callable[..., None]) -> Augmented:
-    from search import data, features
-
-    o = spec["online"]
+def _online(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: Callable[..., None]) -> Augmented:
+    handling = spec.params.handling
+    if not spec.online:
+        raise TrialFailed("augmentation 'online' needs the images, which this study's spec does not name")
+    if HANDLINGS[handling].changes == "data":
+        raise TrialFailed(f"handling {handling!r} resamples cached features; augmentation 'online' trains on "
+                          f"images (use 'views', or a loss handling)")
+    o = spec.online
     report(stage="loading images")
     pooled = data.load_pooled(o["dataset"], Path(o["data_dir"]) if o["data_dir"] else None, o["subset"])
     if pooled.fingerprint() != o["fingerprint"]:
@@ -339,12 +317,10 @@ def _online(spec: dict[str, Any], rows: np.ndarray, store: "FeatureStore", seed:
     images = _backbone_input(pooled.images, rows, o["preprocessing"], o["resize"])
     check_x = features.to_backbone_input(pooled.images[check], o["preprocessing"], o["resize"])
     del pooled
-    aug = spec["augmentation"]
+    aug = spec.augmentation
 
     def train(n_classes: int, hp: "HeadParams", seed_: int, after_epoch: "AfterEpoch | None",
               on_epoch: Callable[[int, float], None]) -> tuple[Any, "FitResult"]:
-        from search import head
-
         backbone = features.build_backbone(features.Weights(**o["weights"]))
         _check_backbone(backbone, check_x, cached)
         model = head.build_head(cached.shape[1], n_classes, hp, seed_)
@@ -354,13 +330,11 @@ def _online(spec: dict[str, Any], rows: np.ndarray, store: "FeatureStore", seed:
         hook = None if after_epoch is None else (lambda epoch, _full: after_epoch(epoch, model))
         return model, head.fit(full, images, y, hp, seed_, after_epoch=hook, on_epoch=on_epoch)
 
-    return Augmented("online", 0, data.class_counts(y, spec["n_classes"]), train)
+    return Augmented("online", 0, data.class_counts(y, spec.n_classes), train)
 
 
 def _backbone_input(images: np.ndarray, rows: np.ndarray, preprocessing: str, resize: str) -> np.ndarray:
     """float32 backbone input of ``images[rows]``, converted in chunks (the full-size copies would triple it)."""
-    from search import features
-
     out = np.empty((len(rows), 32, 32, 3), dtype=np.float32)
     for start in range(0, len(rows), IMAGE_CHUNK):
         part = slice(start, start + IMAGE_CHUNK)
@@ -376,3 +350,8 @@ def _check_backbone(backbone: Any, x: np.ndarray, cached: np.ndarray) -> None:
     if diff > 1e-3 * scale:
         raise TrialFailed(f"the online backbone does not reproduce the cached features (max difference {diff:.3g} "
                           f"on features up to {scale:.3g}): other weights or another backend than the extraction's")
+
+
+# The training input of each augmentation mode of search.config.choices.AUGMENTATIONS but "none" (the plain
+# cached rows, which the trial reads itself).
+TRAINING_INPUTS: dict[str, Callable[..., Augmented]] = {"views": _views, "online": _online}

@@ -12,6 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from search import runtime
+from search.config import choices
+
 BEGIN, END = "<!-- catalog:begin -->", "<!-- catalog:end -->"
 
 
@@ -23,25 +26,24 @@ def _table(title: str, field: str, rows: list[tuple[str, str]]) -> str:
 
 def tables() -> str:
     """Every registry as a Markdown table, in the order a config file reads."""
-    from search import augment, data, features, head, metrics, samplers, snapshots
-
+    c = choices
     parts = [
-        _table("Datasets", "[dataset] name", [(k, v.doc) for k, v in data.DATASETS.items()]),
-        _table("Imbalance profiles", "[balance] profile", [(k, v.doc) for k, v in data.PROFILES.items()]),
-        _table("Preprocessing", "[preprocessing] name", [(k, v[1]) for k, v in features.PREPROCESSINGS.items()]),
-        _table("Augmentation", "[augmentation] mode", list(augment.MODES.items())),
+        _table("Datasets", "[dataset] name", [(k, v.doc) for k, v in c.DATASETS.items()]),
+        _table("Imbalance profiles", "[balance] profile", list(c.PROFILES.items())),
+        _table("Preprocessing", "[preprocessing] name", list(c.PREPROCESSINGS.items())),
+        _table("Augmentation", "[augmentation] mode", list(c.AUGMENTATIONS.items())),
         _table("Imbalance handling", "[training] handling",
-               [(k, f"{doc} (changes the {kind})") for k, (kind, doc) in data.HANDLINGS.items()]),
-        _table("Evaluation protocol", "[training] evaluation", list(data.EVALUATIONS.items())),
+               [(k, f"{h.doc} (changes the {h.changes})") for k, h in c.HANDLINGS.items()]),
+        _table("Evaluation protocol", "[training] evaluation", list(c.EVALUATIONS.items())),
         _table("Metrics", "[[objectives]] metric",
                [(k, f"{m.doc}; {'higher' if m.direction == 'maximize' else 'lower'} is better"
                  + ("; stored as `val_<name>` / `test_<name>`" if m.kind == "quality" else ""))
-                for k, m in metrics.METRICS.items()]),
-        _table("Samplers", "[sampler] name", [(k, v.doc) for k, v in samplers.SAMPLERS.items()]),
-        _table("Early stopping", "[run] early_stopping", list(snapshots.EARLY_STOPPING.items())),
+                for k, m in c.METRICS.items()]),
+        _table("Samplers", "[sampler] name", list(c.SAMPLERS.items())),
+        _table("Early stopping", "[run] early_stopping", list(c.EARLY_STOPPING.items())),
         _table("Keras backends of the trials", "--backend",
-               [(k, f"package `{v}`" + (" (the default)" if k == head.DEFAULT_BACKEND else ""))
-                for k, v in head.BACKENDS.items()]),
+               [(k, f"package `{v}`" + (" (the default)" if k == runtime.DEFAULT_BACKEND else ""))
+                for k, v in c.BACKENDS.items()]),
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-from search.errors import DataError, SearchError, TrialFailed, UsageError, cli_main
+from search import api
+from search.errors import UsageError, cli_main
+from search.repeats import interval
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,114 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(_run, parse_args(argv))
 
 
-# What of a study's recorded runtime its repeats' times depend on (the extraction's backend matters only for the
-# cache, which is verified apart).
-TIMED_RUNTIME = ("keras", "train_steps_per_call")
-
-
-def _check_runtime(study_name: str, runtime: dict[str, str]) -> None:
-    """Refuse repeats timed on another runtime than the study's trials: they would sit next to them as equals."""
-    from search.config import differences
-    from search.errors import DriftError
-    from search.features import runtime_identity
-
-    backend = runtime.get("trial_backend", "tensorflow")
-    fields = (*TIMED_RUNTIME, backend)
-    now = runtime_identity(backend)
-    diffs = differences({"runtime": {k: runtime[k] for k in fields if k in runtime}},
-                        {"runtime": {k: now[k] for k in fields if k in now}})
-    if diffs:
-        raise DriftError(f"study {study_name!r} was measured on another runtime ({'; '.join(diffs)}): repeats "
-                         f"timed here would not compare with its trials; confirm it where it was run")
-
-
 def _run(args: argparse.Namespace) -> int:
-    import optuna
-
-    from search import augment, features, repeats, storage
-    from search import objective as obj
-    from search.config import StudyConfig, check_study_name
-    from search.data import DATASETS
-    from search.isolate import run_isolated
-    from search.study import CONFIG_ATTR, IDENTITY_ATTR
-
-    check_study_name(args.study, "--study")
-    if not 0 < args.seeds <= 100:
-        raise UsageError(f"--seeds: must be 1-100, got {args.seeds}")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study = storage.load_study(storage.open_existing(storage.storage_url(args.storage)), args.study)
-    stored, ident = study.user_attrs.get(CONFIG_ATTR), study.user_attrs.get(IDENTITY_ATTR)
-    if not stored or not ident:
-        raise UsageError(f"--study: study {args.study!r} was not created by search.run")
-    config = StudyConfig.model_validate(stored)
-    runtime = ident.get("runtime") or features.runtime_identity("tensorflow")
-    _check_runtime(args.study, runtime)
-    weights = features.Weights("recorded", None, ident["backbone"]["weights"])
-    cache_dir = (args.cache_dir or features.default_cache_dir()).resolve()
-    key = features.cache_key(config.dataset.name, config.dataset.subset, config.preprocessing.name,
-                             config.preprocessing.resize, weights, ident["data_fingerprint"], runtime)
-    # Augmented trials also need the view cache (views) or the images and the real weights (online).
-    modes = augment.modes_used(config)
-    views_key = augment.view_key(config, weights, ident["data_fingerprint"], runtime) if "views" in modes else None
-    for entry in filter(None, (key, views_key)):
-        try:
-            features.FeatureStore(cache_dir, entry).verify_all()
-        except SearchError as e:
-            raise DataError(f"features of study {args.study!r} are not usable in {cache_dir} ({entry}): {e}; "
-                            f"run search.run for it with the same --cache-dir first") from None
-    online_weights = features.resolve_weights(config.backbone.weights) if "online" in modes else weights
-    extra = augment.extra_spec(config, views_key=views_key, weights=online_weights,
-                               fingerprint=ident["data_fingerprint"], data_dir=None)
-    chosen = _choose(study, args)
-    info = DATASETS[config.dataset.name]
-    ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=info.n_classes,
-                      class_names=info.class_names, target=0, debug=args.debug, extra_spec=extra)
-    seeds = [config.training.seed + i for i in range(1, args.seeds + 1)]
-    for t in chosen:
-        params = t.user_attrs["resolved_params"]
-        backend = t.user_attrs.get("keras_backend") or runtime["trial_backend"]
-        for seed in seeds:
-            spec = {**obj.trial_spec(ctx, params), "seed": seed}
-            try:
-                outcome = run_isolated(obj.TRIAL_TARGET, spec, env={"KERAS_BACKEND": backend}, echo_stderr=args.debug)
-            except TrialFailed as e:
-                repeats.store_run(study, t.number, seed, t.params, None, error=str(e))
-                print(f"trial {t.number} seed {seed}: FAILED: {e}", file=sys.stderr)
-                continue
-            result = obj.measures(outcome)
-            repeats.store_run(study, t.number, seed, t.params, result)
-            print(f"trial {t.number} seed {seed}: " + ", ".join(
-                f"{m}={result[m]:.4g}" for m in config.metric_names), file=sys.stderr)
-    summary = repeats.confirmed(study.user_attrs)
-    _print(study.study_name, summary, config.metric_names)
+    done = api.confirm_study(args.study, args.storage, trials=_trial_numbers(args.trials),
+                             all_trials=args.all,
+                             seeds=args.seeds, cache_dir=args.cache_dir, debug=args.debug,
+                             on_line=lambda line: print(line, file=sys.stderr))
+    _print(done.study_name, done.summary, done.metric_names)
     return 0
 
 
-def _choose(study: Any, args: argparse.Namespace) -> list[Any]:
-    from optuna.trial import TrialState
-
-    complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    if args.trials:
-        try:
-            numbers = [int(x) for x in args.trials.split(",") if x.strip()]
-        except ValueError:
-            raise UsageError(f"--trials: expected comma-separated trial numbers, got {args.trials!r}") from None
-        missing = [n for n in numbers if n not in complete]
-        if missing or not numbers:
-            raise UsageError(f"--trials: not COMPLETE trials of {args.study!r}: {missing or args.trials!r}; "
-                             f"COMPLETE: {sorted(complete) or '(none)'}")
-        return [complete[n] for n in numbers]
-    chosen = sorted(complete.values() if args.all else study.best_trials, key=lambda t: t.number)
-    if not chosen:
-        raise UsageError(f"--study: study {args.study!r} has no (feasible) COMPLETE trials to confirm")
-    return chosen
-
-
-def interval(s: dict[str, Any]) -> str:
-    """``mean ± std [lo, hi]`` of a summarize() entry."""
-    text = f"{s['mean']:.4g} ± {s['std']:.2g}"
-    return text + (f" [{s['ci95'][0]:.4g}, {s['ci95'][1]:.4g}]" if s.get("ci95") else "")
+def _trial_numbers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--trials: expected comma-separated trial numbers, got {text!r}") from None
 
 
 def _print(name: str, summary: dict[str, Any], metric_names: list[str]) -> None:

@@ -15,10 +15,11 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from search.config.choices import EVALUATIONS
 from search.errors import DataError, TrialFailed, unknown
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -162,36 +163,20 @@ def _first_found(name: str, places: list[Path], files: tuple[str, ...],
     raise DataError(f"{name} not found (looked in {looked}; {reason}): {how}")
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    load: Callable[[Path | None], Pooled]
-    class_names: tuple[str, ...]
-    doc: str
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo(
-        load_fashion_mnist,
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        "70,000 28x28 grayscale images (Debian dataset-fashion-mnist, the Keras cache, or a Keras download)"),
-    "cifar10": DatasetInfo(
-        load_cifar10,
-        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        "60,000 32x32 colour images (cifar-10-batches-py via --data-dir, the Keras cache, or a Keras download)"),
+# The reader of each dataset of search.config.choices.DATASETS (which holds its class names).
+LOADERS: dict[str, Callable[[Path | None], Pooled]] = {
+    "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
 }
 
 
 def load_pooled(name: str, data_dir: Path | None = None, subset: int = 0, seed: int = 0) -> Pooled:
     """The pooled dataset, or a stratified seeded slice of ``subset`` images of it."""
-    if name not in DATASETS:
-        raise DataError(unknown("dataset", name, DATASETS))
+    if name not in LOADERS:
+        raise DataError(unknown("dataset", name, LOADERS))
     if data_dir is not None and not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} is not a directory")
-    pooled = DATASETS[name].load(data_dir)
+    pooled = LOADERS[name](data_dir)
     if subset:
         if subset >= len(pooled.labels):
             raise DataError(f"dataset.subset: {subset} is not below the {len(pooled.labels)} images of {name}")
@@ -253,25 +238,22 @@ def _upper_half(n_classes: int, paper_classes: tuple[int, ...]) -> tuple[int, ..
 class Profile:
     targets: Callable[[list[int], float, tuple[int, ...], float], list[int]]
     reduced: Callable[[int, tuple[int, ...]], tuple[int, ...]]
-    doc: str
 
 
 # How an imbalanced training part is made.  ``reduced``: the classes the profile makes minorities (what
 # ``reduced_recall`` averages over; the same classes are used for a balanced trial, so arms compare alike).
-PROFILES: dict[str, Profile] = {
-    "paper": Profile(_paper_targets, lambda n, paper: tuple(paper),
-                     "reduce_classes lose round(reduce_fraction * n_c) samples (the paper's imbalance)"),
-    "long_tail": Profile(_long_tail_targets, _upper_half,
-                         "class i keeps floor(n_i * rho^(-i/(C-1))): exponential decay to 1/rho"),
-    "step": Profile(_step_targets, _upper_half, "classes C//2 .. C-1 keep floor(n_i / rho)"),
+PROFILE_RULES: dict[str, Profile] = {
+    "paper": Profile(_paper_targets, lambda n, paper: tuple(paper)),
+    "long_tail": Profile(_long_tail_targets, _upper_half),
+    "step": Profile(_step_targets, _upper_half),
 }
 
 
 def reduced_classes(profile: str, n_classes: int, paper_classes: tuple[int, ...]) -> tuple[int, ...]:
     """The classes a profile makes minorities (what the ``reduced_recall`` metric averages over)."""
-    if profile not in PROFILES:
-        raise ValueError(unknown("imbalance profile", profile, PROFILES))
-    return PROFILES[profile].reduced(n_classes, tuple(paper_classes))
+    if profile not in PROFILE_RULES:
+        raise ValueError(unknown("imbalance profile", profile, PROFILE_RULES))
+    return PROFILE_RULES[profile].reduced(n_classes, tuple(paper_classes))
 
 
 def profile_targets(counts: list[int], profile: str, *, rho: float = 10.0,
@@ -280,9 +262,9 @@ def profile_targets(counts: list[int], profile: str, *, rho: float = 10.0,
 
     Every class keeps at least one sample (when it had one).
     """
-    if profile not in PROFILES:
-        raise ValueError(unknown("imbalance profile", profile, PROFILES))
-    out = PROFILES[profile].targets(list(counts), rho, tuple(paper_classes), fraction)
+    if profile not in PROFILE_RULES:
+        raise ValueError(unknown("imbalance profile", profile, PROFILE_RULES))
+    out = PROFILE_RULES[profile].targets(list(counts), rho, tuple(paper_classes), fraction)
     return [max(t, min(c, 1)) for t, c in zip(out, counts)]
 
 
@@ -301,13 +283,6 @@ def apply_profile(train_idx: np.ndarray, labels: np.ndarray, n_classes: int, pro
         pos = np.flatnonzero(train_labels == c)
         keep[rng.choice(pos, size=t, replace=False)] = True
     return train_idx[keep]
-
-
-EVALUATIONS: dict[str, str] = {
-    "validation": "objectives on a stratified, seeded validation_fraction of the training part; the held-out "
-                  "test split's metrics are stored as test_* and never reach the sampler",
-    "test": "objectives on the held-out test split (the paper's protocol)",
-}
 
 
 def protocol_split(labels: np.ndarray, train_ratio: float, seed: int, evaluation: str,
@@ -334,14 +309,23 @@ def protocol_split(labels: np.ndarray, train_ratio: float, seed: int, evaluation
     return np.sort(fit), np.sort(val), test
 
 
-# Imbalance handling: "loss" handlings change the loss (search.head), "data" ones the training rows (resample).
-HANDLINGS: dict[str, tuple[str, str]] = {
-    "none": ("loss", "plain cross-entropy"),
-    "class_weight": ("loss", "cross-entropy weighted by scikit-learn's 'balanced' class weights"),
-    "focal": ("loss", "focal loss with gamma focal_gamma"),
-    "oversample": ("data", "imbalanced-learn RandomOverSampler on the cached training features"),
-    "smote": ("data", "imbalanced-learn SMOTE on the cached training features"),
-}
+def _random_oversampler(y: np.ndarray, seed: int, k_neighbors: int) -> Any:
+    from imblearn.over_sampling import RandomOverSampler
+
+    return RandomOverSampler(random_state=seed)
+
+
+def _smote(y: np.ndarray, seed: int, k_neighbors: int) -> Any:
+    from imblearn.over_sampling import SMOTE
+
+    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
+    if smallest < 2:
+        raise TrialFailed("smote needs at least 2 training samples in every class")
+    return SMOTE(k_neighbors=min(k_neighbors, smallest - 1), random_state=seed)
+
+
+# The imbalanced-learn sampler of each handling that changes the training rows (search.config.choices.HANDLINGS).
+RESAMPLERS: dict[str, Callable[[np.ndarray, int, int], Any]] = {"oversample": _random_oversampler, "smote": _smote}
 
 
 def resample(x: np.ndarray, y: np.ndarray, method: str, seed: int, k_neighbors: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -351,18 +335,7 @@ def resample(x: np.ndarray, y: np.ndarray, method: str, seed: int, k_neighbors: 
     (new rows interpolated between a sample and one of its ``k_neighbors`` nearest
     same-class neighbours; k is lowered to the smallest class's count - 1).
     """
-    if method == "oversample":
-        from imblearn.over_sampling import RandomOverSampler
-
-        sampler = RandomOverSampler(random_state=seed)
-    elif method == "smote":
-        from imblearn.over_sampling import SMOTE
-
-        smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
-        if smallest < 2:
-            raise TrialFailed("smote needs at least 2 training samples in every class")
-        sampler = SMOTE(k_neighbors=min(k_neighbors, smallest - 1), random_state=seed)
-    else:
+    if method not in RESAMPLERS:
         raise ValueError(f"not a resampling method: {method!r}")
-    xr, yr = sampler.fit_resample(x, y)
+    xr, yr = RESAMPLERS[method](y, seed, k_neighbors).fit_resample(x, y)
     return np.asarray(xr, dtype=np.float32), np.asarray(yr, dtype=np.int64)

@@ -69,6 +69,7 @@ class Interrupted(SearchError):
 
         self.signum = signum
         self.exit_code = 128 + signum
+        self.retried: list[int] = []  # this process's trials failed and queued for retry (search.api)
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 

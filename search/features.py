@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import hashlib
 import json
 import mmap
@@ -32,13 +31,15 @@ import shutil
 import warnings
 import zlib
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from search import data
 from search.errors import CacheError, WeightsError
+from search.isolate import run_isolated
+from search.runtime import extraction_backend, runtime_identity
 
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
@@ -48,7 +49,6 @@ RANDOM_WEIGHTS_SEED = 0
 EXTRACT_BATCH = 256
 BLOCK_ROWS = 4096          # rows per checksummed block (32 MB of float32 features)
 PREFETCH_BYTES = 4 << 20   # read-ahead request size of ``prefetch``
-DEFAULT_EXTRACTION_BACKEND = "tensorflow"   # ResNet50 forward is 2.5x faster on TF than JAX on these CPUs
 
 
 def default_cache_dir() -> Path:
@@ -56,41 +56,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["SEARCH_CACHE_DIR"])
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "optuna-tl-search" / "features"
-
-
-# ---------------------------------------------------------------- runtime
-
-def extraction_backend() -> str:
-    """The Keras backend the one-time extraction runs on: $KERAS_BACKEND, else TensorFlow."""
-    return os.environ.get("KERAS_BACKEND") or DEFAULT_EXTRACTION_BACKEND
-
-
-@functools.cache
-def _distributions() -> dict[str, list[str]]:
-    return metadata.packages_distributions()  # reads every installed package's metadata: 0.3 s
-
-
-def package_version(module: str) -> str:
-    """The installed version of the distribution that provides ``module`` (tensorflow may be tensorflow-cpu)."""
-    for dist in _distributions().get(module, [module]):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
-
-
-def runtime_identity(trial_backend: str) -> dict[str, str]:
-    """Backends of the trials and of the extraction, the versions of Keras and of both backends, and the
-    training steps per compiled call (training time depends on it)."""
-    from search.head import BACKENDS, STEPS_PER_CALL
-
-    ext = extraction_backend()
-    out = {"trial_backend": trial_backend, "extraction_backend": ext, "keras": package_version("keras"),
-           "train_steps_per_call": str(STEPS_PER_CALL)}
-    for b in dict.fromkeys((trial_backend, ext)):
-        out[b] = package_version(BACKENDS.get(b, b))
-    return out
 
 
 # ---------------------------------------------------------------- weights
@@ -129,8 +94,6 @@ def resolve_weights(weights: str) -> Weights:
 
 
 def _fetch_imagenet(path: Path) -> None:
-    from search.isolate import run_isolated
-
     try:
         run_isolated("search.features:fetch_imagenet_job", {}, env={"KERAS_BACKEND": extraction_backend()})
     except Exception as e:  # any failure (offline, refused, partial) means "not available"
@@ -164,6 +127,33 @@ def build_backbone(weights: Weights):
     return model
 
 
+# ---------------------------------------------------------------- augmentation (search.augment: modes)
+
+def augmenter(rotation: float, shift: float, horizontal_flip: bool, seed: int):
+    """A Keras model applying the paper's augmentation to (N, 32, 32, 3) images, seeded.
+
+    ``rotation`` is in degrees (Keras' RandomRotation takes a fraction of a full turn).
+    The layers augment when called directly and when fitting, never in ``predict``.
+    """
+    import keras
+
+    layers: list[Any] = [keras.Input((32, 32, 3))]
+    if rotation:
+        layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest", seed=seed))
+    if shift:
+        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1))
+    if horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
+    if len(layers) == 1:  # every transformation off: a model still, so callers need no special case
+        layers.append(keras.layers.Identity())
+    return keras.Sequential(layers, name="augmentation")
+
+
+def view_seed(seed: int, view: int) -> int:
+    """The augmentation seed of view ``view`` of an entry drawn with ``seed``: an independent stream per view."""
+    return int(np.random.SeedSequence([seed, view]).generate_state(1)[0] >> 2)  # Keras seeds fit in int32
+
+
 # ---------------------------------------------------------------- preprocessing
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -176,10 +166,8 @@ def _caffe(x: np.ndarray) -> np.ndarray:
     return keras.applications.resnet50.preprocess_input(x)
 
 
-PREPROCESSINGS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
-    "unit": (_unit, "pixels scaled to [0, 1] (the paper's)"),
-    "caffe": (_caffe, "BGR, ImageNet-mean-subtracted 0-255 (what Keras' ImageNet ResNet50 was trained on)"),
-}
+# The function of each preprocessing of search.config.choices.PREPROCESSINGS.
+PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"unit": _unit, "caffe": _caffe}
 
 
 def to_backbone_input(images: np.ndarray, preprocessing: str, resize: str = "bilinear") -> np.ndarray:
@@ -200,7 +188,7 @@ def resize_images(images: np.ndarray, resize: str = "bilinear") -> np.ndarray:
 
 
 def preprocess(x: np.ndarray, preprocessing: str) -> np.ndarray:
-    return PREPROCESSINGS[preprocessing][0](x)
+    return PREPROCESS[preprocessing](x)
 
 
 # ---------------------------------------------------------------- cache keys
@@ -219,6 +207,20 @@ def cache_key(dataset: str, subset: int, preprocessing: str, resize: str, weight
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     kind = "views" if augmentation else "plain"
     return f"{dataset}-{subset or 'all'}-{preprocessing}-{kind}-{digest}"
+
+
+def study_key(config: Any, weights: Weights, data_fingerprint: str, runtime: dict[str, str],
+              augmentation: dict[str, Any] | None = None) -> str:
+    """``cache_key`` of a study's config (a search.config.StudyConfig): its dataset, slice and preprocessing."""
+    return cache_key(config.dataset.name, config.dataset.subset, config.preprocessing.name,
+                     config.preprocessing.resize, weights, data_fingerprint, runtime, augmentation=augmentation)
+
+
+def job_spec(config: Any, weights: Weights, data_dir: Path | None) -> dict[str, Any]:
+    """The spec of ``extract_job`` for a study's config (add ``out_dir``)."""
+    return {"dataset": config.dataset.name, "data_dir": str(data_dir) if data_dir else None,
+            "subset": config.dataset.subset, "subset_seed": 0, "preprocessing": config.preprocessing.name,
+            "resize": config.preprocessing.resize, "weights": vars(weights)}
 
 
 def sha256_file(path: Path) -> str:
@@ -466,14 +468,12 @@ def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, re
     """The augmented-view cache: ``settings["views"]`` augmented copies of every image through the backbone.
 
     Writes a (V, N, D) ``features.npy``; view v is the whole dataset augmented once by
-    ``search.augment.augmenter`` seeded with ``view_seed(settings["seed"], v)``, so an entry is
+    ``augmenter`` seeded with ``view_seed(settings["seed"], v)``, so an entry is
     one fixed, reproducible draw (``settings`` is ``search.augment.view_settings``, also in the key).
     The augmentation acts on the backbone's input, as ``search.head.full_model`` does in the
     ``online`` mode, so a view is exactly what an online batch could have seen.
     """
     import keras
-
-    from search.augment import augmenter, view_seed
 
     backbone = build_backbone(weights)
     n, n_views = len(images), int(settings["views"])
@@ -495,8 +495,6 @@ def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, re
 
 def extract_job(spec: dict, report: Callable[..., None]) -> dict:
     """Child-process entry (see isolate.py): read the dataset, extract, write to ``spec['out_dir']``."""
-    from search import data
-
     pooled = data.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
                               spec["subset"], spec["subset_seed"])
     weights = Weights(**spec["weights"])
@@ -508,8 +506,6 @@ def extract_job(spec: dict, report: Callable[..., None]) -> dict:
 
 def extract_views_job(spec: dict, report: Callable[..., None]) -> dict:
     """Child-process entry for the augmented-view cache: ``extract_job``'s spec plus ``views`` (view_settings)."""
-    from search import data
-
     pooled = data.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
                               spec["subset"], spec["subset_seed"])
     weights = Weights(**spec["weights"])

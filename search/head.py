@@ -19,34 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search.errors import TrialFailed, UsageError, unknown
-
-# Keras backends a head can train on, and the package each needs.  JAX is the default: on these 2-core
-# machines it trains the fmnist_reg head 2.2x faster than TensorFlow with 31% less peak memory
-# (benchmarks/RESULTS.md); TensorFlow still extracts the features unless KERAS_BACKEND says otherwise.
-BACKENDS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
-DEFAULT_BACKEND = "jax"
-# Training steps per call of Keras' compiled train function (its ``steps_per_execution``): the same steps on the
-# same batches in the same order, so the same weights; but Keras' per-call work (callbacks, the NaN check that
-# waits for the step, the epoch iterator) runs once per 32 steps, not once per step.  At batch 32 that work was
-# 3-9% of a steady epoch on these 2-core machines (python -m benchmarks.dispatch, benchmarks/RESULTS.md).
-# Training time depends on it, so it is part of a study's recorded runtime (search.features.runtime_identity).
-STEPS_PER_CALL = 32
-
-
-def resolve_backend(name: str | None) -> str:
-    """The Keras backend trials train on: ``name``, else $KERAS_BACKEND, else JAX; it must be installed."""
-    import importlib.util
-    import os
-
-    name = name or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
-    if name not in BACKENDS:
-        raise UsageError(unknown("Keras backend", name, BACKENDS))
-    if importlib.util.find_spec(BACKENDS[name]) is None:
-        raise UsageError(f"Keras backend {name} is not installed (pip install {BACKENDS[name]}); "
-                         f"backends: {', '.join(BACKENDS)}")
-    return name
-
+from search import runtime
+from search.errors import TrialFailed
 
 @dataclass(frozen=True)
 class HeadParams:
@@ -90,20 +64,34 @@ def full_model(backbone, head, augment=None):
     return keras.Model(inputs, head(backbone(x, training=False)), name="full")
 
 
+def _cross_entropy(p: HeadParams) -> Any:
+    import keras
+
+    if p.label_smoothing > 0:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
+    # Sparse labels give the same loss as one-hot categorical cross-entropy without the one-hot copy.
+    return "sparse_categorical_crossentropy"
+
+
+def _focal(p: HeadParams) -> Any:
+    import keras
+
+    # alpha=1: the focusing term alone, so the loss keeps cross-entropy's scale relative to L1/L2.
+    return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=p.focal_gamma, label_smoothing=p.label_smoothing)
+
+
+# The loss of each handling that changes the loss (search.config.choices.HANDLINGS); "class_weight" adds sample
+# weights to cross-entropy.  A handling that changes the data (search.data.RESAMPLERS) trains on cross-entropy.
+LOSSES: dict[str, Callable[[HeadParams], Any]] = {"none": _cross_entropy, "class_weight": _cross_entropy,
+                                                  "focal": _focal}
+
+
 def compile_model(model, p: HeadParams) -> None:
     import keras
 
-    if p.handling == "focal":
-        # alpha=1: the focusing term alone, so the loss keeps cross-entropy's scale relative to L1/L2.
-        loss = keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=p.focal_gamma,
-                                                         label_smoothing=p.label_smoothing)
-    elif p.label_smoothing > 0:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
-    else:
-        # Sparse labels give the same loss as one-hot categorical cross-entropy without the one-hot copy.
-        loss = "sparse_categorical_crossentropy"
+    loss = LOSSES.get(p.handling, _cross_entropy)(p)
     model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss=loss, metrics=["accuracy"],
-                  steps_per_execution=STEPS_PER_CALL)
+                  steps_per_execution=runtime.STEPS_PER_CALL)
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -155,7 +143,7 @@ def fit(model, x: Any, y: np.ndarray, p: HeadParams, seed: int, after_epoch: Aft
     if bad or (len(losses) < p.epochs and not timer.stopped):
         raise TrialFailed(f"training loss became NaN/inf at epoch {bad[0] if bad else len(losses) + 1}", kind="nan")
     epochs = timer.history["epoch_time_s"]
-    first = min(STEPS_PER_CALL, steps)  # steps in the first call, which also traces and compiles
+    first = min(runtime.STEPS_PER_CALL, steps)  # steps in the first call, which also traces and compiles
     if len(epochs) > 1:
         steady = statistics.median(epochs[1:])
     else:  # one epoch: its time without the first call, scaled to a full epoch

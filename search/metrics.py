@@ -1,52 +1,17 @@
-"""Classification metrics of one trial (scikit-learn), and the registry of every measure a study can optimize.
+"""Classification metrics of one trial (scikit-learn).
 
-``METRICS`` is the one list of measures: config validation, error messages,
-the README table and the report derive from it.  Quality metrics are measured
-on a split and stored with that split's prefix (``val_accuracy``,
-``test_accuracy``); resource metrics belong to the trial as a whole.
+The measures a study can optimize are named in ``search.config.choices.METRICS``.  Quality metrics
+are measured on a split and stored with that split's prefix (``val_accuracy``, ``test_accuracy``);
+resource metrics belong to the trial as a whole.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Metric:
-    kind: str        # "quality": measured on a split, stored as val_<name> / test_<name>; "resource": per trial
-    direction: str   # the direction that is better
-    doc: str
-
-
-METRICS: dict[str, Metric] = {
-    "accuracy": Metric("quality", "maximize", "fraction of correct predictions"),
-    "balanced_accuracy": Metric("quality", "maximize", "mean per-class recall"),
-    "precision": Metric("quality", "maximize", "macro precision"),
-    "recall": Metric("quality", "maximize", "macro recall"),
-    "f1": Metric("quality", "maximize", "macro F1"),
-    "roc_auc": Metric("quality", "maximize", "macro one-vs-rest ROC AUC of the predicted probabilities"),
-    "roc_auc_hard": Metric("quality", "maximize",
-                           "macro one-vs-rest ROC AUC of one-hot argmax predictions (the paper's Table 7 'ROC')"),
-    "worst_class_recall": Metric("quality", "maximize", "recall of the worst class"),
-    "reduced_recall": Metric("quality", "maximize", "mean recall of the classes the imbalance profile reduces"),
-    "train_time_s": Metric("resource", "minimize", "wall seconds of the whole fit (per-epoch evaluation excluded)"),
-    "epoch_time_s": Metric("resource", "minimize", "wall seconds of a steady epoch (compilation excluded)"),
-    "cpu_time_s": Metric("resource", "minimize", "CPU seconds of the trial process"),
-    "test_time_s": Metric("resource", "minimize", "wall seconds to predict the held-out test split"),
-    "peak_memory_mb": Metric("resource", "minimize", "resident-memory high-water mark of the trial process"),
-    "trial_memory_mb": Metric("resource", "minimize",
-                              "peak_memory_mb minus the process's baseline before the trial's work"),
-}
-QUALITY = tuple(name for name, m in METRICS.items() if m.kind == "quality")
-SPLIT_PREFIX = {"validation": "val", "test": "test"}
-
-
-def stored_name(metric: str, split: str) -> str:
-    """The attribute (and objective) name of ``metric`` measured on ``split``: ``val_accuracy``, ``train_time_s``."""
-    return f"{SPLIT_PREFIX[split]}_{metric}" if METRICS[metric].kind == "quality" else metric
+from search.config.choices import SPLIT_PREFIX
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, n_classes: int,

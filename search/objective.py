@@ -20,11 +20,12 @@ from typing import Any, Callable, Sequence
 
 import optuna
 
-from search import artifacts, signals, snapshots
+from search import artifacts, epochs, signals, snapshots
 from search.augment import trial_backend
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
 from search.errors import Interrupted, TrialFailed
 from search.isolate import Event, Outcome, run_isolated
+from search.spec import Pictures, TrialParams, TrialSpec
 from search.trials import Heartbeat, TakenOver, counted, mark_owner, record_taken_over, taken_over
 from search import optuna_compat as compat
 
@@ -53,13 +54,13 @@ class Context:
     runner: TrialRunner | None = None   # None: run_isolated(trial_target, ...) in a fresh process
     extra_spec: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, spec: dict[str, Any], on_event: Callable[[Event], None], timeout: float | None) -> Outcome:
+    def run(self, spec: TrialSpec, on_event: Callable[[Event], None], timeout: float | None) -> Outcome:
         if self.runner is not None:
-            return self.runner(spec, on_event, timeout)
+            return self.runner(spec.as_dict(), on_event, timeout)
         # An online-augmented trial runs on the extraction backend (search.augment.trial_backend).
         env = {"KERAS_BACKEND": trial_backend(spec, self.backend)}
-        return run_isolated(self.trial_target, spec, on_event, env=env, echo_stderr=self.debug, cpus=self.cpus,
-                            timeout=timeout, prestart=True)
+        return run_isolated(self.trial_target, spec.as_dict(), on_event, env=env, echo_stderr=self.debug,
+                            cpus=self.cpus, timeout=timeout, prestart=True)
 
 
 def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
@@ -85,20 +86,19 @@ def resolve_params(config: StudyConfig, suggested: dict[str, Any]) -> dict[str, 
     return out
 
 
-def trial_spec(ctx: Context, params: dict[str, Any], number: int | None = None) -> dict[str, Any]:
-    """The JSON job a trial process gets (search.trial.run_trial)."""
+def trial_spec(ctx: Context, params: dict[str, Any], number: int | None = None) -> TrialSpec:
+    """The job a trial process gets (search.trial.run_trial), from resolved parameters (``resolve_params``)."""
     c = ctx.config
-    spec = {"cache_dir": str(ctx.cache_dir), "key": ctx.cache_key, "n_classes": ctx.n_classes,
-            "class_names": list(ctx.class_names) or [str(i) for i in range(ctx.n_classes)],
-            "params": params, "seed": c.training.seed,
-            "reduce_classes": list(c.balance.reduce_classes), "reduce_fraction": c.balance.reduce_fraction,
-            "evaluation": c.training.evaluation, "validation_fraction": c.training.validation_fraction,
-            "augmentation": c.augmentation.model_dump(mode="json"), "curve_rows": c.run.curve_rows,
-            **ctx.extra_spec}
+    pictures = None
     if ctx.artifact_dir is not None:
-        spec["pictures"] = {"header": f"trial {number}" if number is not None else "trial",
-                            "backend": ctx.backend, "weights": ctx.weights}
-    return spec
+        pictures = Pictures(f"trial {number}" if number is not None else "trial", ctx.backend, ctx.weights)
+    return TrialSpec(
+        cache_dir=str(ctx.cache_dir), key=ctx.cache_key, n_classes=ctx.n_classes,
+        class_names=tuple(ctx.class_names) or tuple(str(i) for i in range(ctx.n_classes)),
+        params=TrialParams(**params), seed=c.training.seed, reduce_classes=tuple(c.balance.reduce_classes),
+        reduce_fraction=c.balance.reduce_fraction, evaluation=c.training.evaluation,
+        validation_fraction=c.training.validation_fraction, augmentation=c.augmentation.model_dump(mode="json"),
+        curve_rows=c.run.curve_rows, pictures=pictures, **ctx.extra_spec)
 
 
 def _slot_taken(trial: optuna.Trial, target: int) -> bool:
@@ -198,9 +198,9 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
                 params = resolve_params(ctx.config, suggested)
                 trial.set_user_attr("resolved_params", params)
                 on_event({"event": "trial", "number": trial.number, "params": params})
-                spec = trial_spec(ctx, params, trial.number)
-                if (plan := snapshots.plan(ctx.config, params, trial.study)) is not None:
-                    spec["snapshots"] = plan  # epochs to evaluate, and the earlier rung vectors early stopping needs
+                # The epochs to evaluate, and the earlier rung vectors early stopping needs (None: snapshots off).
+                spec = trial_spec(ctx, params, trial.number).replace(
+                    snapshots=snapshots.plan(ctx.config, params, trial.study))
                 with Heartbeat(trial.storage, compat.trial_id(trial), ctx.heartbeat_s):
                     outcome = ctx.run(spec, on_event, trial_timeout(trial.study, ctx.config))
         except TrialFailed as e:
@@ -218,7 +218,7 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
             raise e
         values = ctx.config.objective_values(result)
         pictures = outcome.result.get("pictures") or []
-        stopped = snapshots.STOPPED_AT in result
+        stopped = epochs.STOPPED_AT in result
 
         def record_snapshots(parent: int) -> list[int]:
             return snapshots.record(trial.study, parent, trial.params, trial.distributions, params, result, ctx.config)

@@ -9,6 +9,7 @@ finished trial and per stage change.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from search import optuna_compat as compat
 from search.snapshots import SNAPSHOT_OF, display_note, is_snapshot
 from search.trials import n_counted
 
@@ -172,3 +174,50 @@ def pareto_table(study: optuna.Study, metric_names: list[str]) -> Table:
                       *(_fmt(t.user_attrs.get(p, "") if p == SNAPSHOT_OF else t.params.get(p, "")) for p in params),
                       *(_fmt(v) for v in t.values), *(_fmt(t.user_attrs.get(m, "")) for m in extra))
     return table
+
+
+class PoolDisplay(Display):
+    """The display of ``--workers N``: fed by polling the storage (``poll``), not by one objective's events."""
+
+    def __init__(self, n_workers: int, console: Console | None = None):
+        super().__init__(console)
+        self.n_workers = n_workers
+
+    def start(self, study: optuna.Study, target: int, metric_names: list[str]) -> None:
+        self._announced: set[int] = set()
+        self._ended = {compat.trial_id(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        super().start(study, target, metric_names)
+
+    def poll(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        running = []
+        for t in sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number)):
+            tid = compat.trial_id(t)
+            if t.state == TrialState.RUNNING:
+                running.append(t.number)
+                if tid not in self._announced and "resolved_params" in t.user_attrs:
+                    self._announced.add(tid)
+                    self.on_event({"event": "trial", "number": t.number, "params": t.user_attrs["resolved_params"]})
+            elif t.state.is_finished() and tid not in self._ended:
+                self._ended.add(tid)
+                if t.state == TrialState.PRUNED and tid not in self._announced:
+                    continue  # a worker found the target already claimed: no news
+                if is_snapshot(t):
+                    continue  # an epoch snapshot: announced with its parent, no trial time of its own
+                took = (t.duration.total_seconds() if t.duration else 0.0) / max(1, self.n_workers)
+                self._trial_start = time.monotonic() - took  # Display's ETA: per-trial time / workers
+                self.on_trial_end(self.study, t)
+        self.stage = f"{len(running)} running: trial(s) {', '.join(map(str, sorted(running)))}" if running else ""
+        self._refresh()
+
+
+def interrupted_line(e: Exception, retried: list[int], done: int, target: int) -> str:
+    """What an interrupted run says last: which trials will be retried, and how to resume."""
+    what = f"trial(s) {', '.join(map(str, retried))} recorded as failed and queued for retry; " if retried else ""
+    return f"{e}: {what}{done}/{target} COMPLETE; run the same command to resume"
+
+
+def print_pareto(study: optuna.Study, metric_names: list[str]) -> None:
+    """The closing table of Pareto-optimal trials on stdout (none when there are none)."""
+    if study.best_trials:
+        Console(width=None if sys.stdout.isatty() else 200).print(pareto_table(study, metric_names))

@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from search.metrics import QUALITY
+from search.config.choices import QUALITY
 
 PREFIX = "search:confirm:"
 LEGACY_ATTR = "search:confirm"  # one attribute for every trial, written before runs were stored one by one
@@ -164,3 +164,9 @@ def repeat_metrics(metric_names: list[str]) -> list[str]:
     names = [*metric_names, *(f"{p}_{m}" for p in ("val", "test") for m in QUALITY),
              "train_time_s", "epoch_time_s", "peak_memory_mb", "trial_memory_mb"]
     return list(dict.fromkeys(names))
+
+
+def interval(s: dict[str, Any]) -> str:
+    """``mean ± std [lo, hi]`` of a summarize() entry."""
+    text = f"{s['mean']:.4g} ± {s['std']:.2g}"
+    return text + (f" [{s['ci95'][0]:.4g}, {s['ci95'][1]:.4g}]" if s.get("ci95") else "")

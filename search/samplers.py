@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -31,26 +30,19 @@ def grid_size(config: "StudyConfig") -> int:
     return int(np.prod([len(v) for v in grid_space(config).values()]))
 
 
-@dataclass(frozen=True)
-class SamplerInfo:
-    make: Callable[["StudyConfig", int | None], optuna.samplers.BaseSampler]
-    doc: str
-
-
-SAMPLERS: dict[str, SamplerInfo] = {
-    "tpe": SamplerInfo(lambda c, seed: optuna.samplers.TPESampler(seed=seed),
-                       "Optuna's multi-objective TPE (the default)"),
-    "random": SamplerInfo(lambda c, seed: optuna.samplers.RandomSampler(seed=seed), "independent random draws"),
-    "grid": SamplerInfo(lambda c, seed: optuna.samplers.GridSampler(grid_space(c), seed=seed),
-                        "every point of the grid exactly once (failed points retried with the same parameters)"),
-    "nsga2": SamplerInfo(lambda c, seed: optuna.samplers.NSGAIISampler(seed=seed), "NSGA-II genetic algorithm"),
-    "qmc": SamplerInfo(lambda c, seed: optuna.samplers.QMCSampler(seed=seed), "quasi-Monte Carlo (Sobol)"),
+# The Optuna sampler of each name of search.config.choices.SAMPLERS, from the config and a seed.
+FACTORIES: dict[str, Callable[["StudyConfig", int | None], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda c, seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda c, seed: optuna.samplers.RandomSampler(seed=seed),
+    "grid": lambda c, seed: optuna.samplers.GridSampler(grid_space(c), seed=seed),
+    "nsga2": lambda c, seed: optuna.samplers.NSGAIISampler(seed=seed),
+    "qmc": lambda c, seed: optuna.samplers.QMCSampler(seed=seed),
 }
 
 
 def make_sampler(config: "StudyConfig") -> optuna.samplers.BaseSampler:
     """The config's sampler with the config's seed (one process, or a test)."""
-    return SAMPLERS[config.sampler.name].make(config, config.sampler.seed)
+    return FACTORIES[config.sampler.name](config, config.sampler.seed)
 
 
 class ProcessSeeded(optuna.samplers.BaseSampler):
@@ -71,7 +63,7 @@ class ProcessSeeded(optuna.samplers.BaseSampler):
         if self._inner is None:
             base = self._config.sampler.seed
             self.seed = None if base is None else (base + trial_number) % 2**32
-            self._inner = SAMPLERS[self._config.sampler.name].make(self._config, self.seed)
+            self._inner = FACTORIES[self._config.sampler.name](self._config, self.seed)
         return self._inner
 
     def before_trial(self, study, trial) -> None:

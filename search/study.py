@@ -1,6 +1,6 @@
 """Study lifecycle: create or resume a study, recover lost trials, retry failed ones, optimize to the target.
 
-Guarantees (see README, "Reliability"):
+Guarantees (see docs/reliability.md):
 - A study records its identity (search.config.identity) when it is created,
   under deferred signals, so no study exists without one; resuming with
   another identity is refused with the list of differences, before any work.
@@ -270,6 +270,8 @@ class RetryPolicy:
 
 @dataclass
 class RunSummary:
+    """What one ``optimize`` call did: COMPLETE trials before and after, how many it ran, why it stopped."""
+
     complete_before: int
     complete_after: int = 0
     stopped_by: str = "target"

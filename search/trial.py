@@ -1,8 +1,7 @@
 """One trial, as it runs inside its own process: cached features -> split -> head -> metrics -> pictures.
 
-``run_trial`` takes a plain-dict spec (JSON-serializable, built by
-search.objective.trial_spec) so that it can cross a process boundary, and
-reports progress through a callback.  Every quality metric it returns carries
+``run_trial`` takes a ``TrialSpec`` (search.spec) as JSON, so that it can cross a process boundary,
+and reports progress through a callback.  Every quality metric it returns carries
 its split's prefix (``val_*`` on the validation split, ``test_*`` on the
 held-out test split), and ``objective_split`` says which of them the
 objectives are.
@@ -19,7 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search import augment, data, features, head, isolate, metrics, snapshots
+from search import augment, data, epochs, features, head, isolate, metrics
+from search.config.choices import HANDLINGS, SPLIT_PREFIX
+from search.spec import TrialParams, TrialSpec
 
 Report = Callable[..., None]
 
@@ -34,116 +35,171 @@ class Split:
     curve: int                      # the evaluation split's first ``curve`` rows are the learning curve's sample
 
 
-def run_trial(spec: dict[str, Any], report: Report) -> dict[str, Any]:
-    """Train and evaluate one head; return every measure (objective.py picks the objectives)."""
-    p = spec["params"]
-    seed = spec["seed"]
-    objective_split = spec["evaluation"]
-    _start_backend()
+@dataclass
+class Evaluation:
+    """The rows measured after training: the objective split's, and the held-out test split's when the objectives
+    are on a validation split.  Always the plain cached features, in every augmentation mode."""
 
+    objective_split: str
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+    def splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        out = {self.objective_split: (self.x, self.y)}
+        if self.x_test is not None:
+            out["test"] = (self.x_test, self.y_test)
+        return out
+
+
+@dataclass
+class Rows:
+    """A trial's data, copied out of the feature cache (which is closed again)."""
+
+    split: Split
+    evaluation: Evaluation
+    fit_counts: list[int]                      # class counts of the rows one epoch trains on
+    x_train: np.ndarray | None = None          # plain training rows (None: augmented)
+    y_train: np.ndarray | None = None
+    model: Any = None                          # the head, built while the rows were copied (plain only)
+    augmented: augment.Augmented | None = None
+    views: int = 0                             # cached views the augmented input draws from
+
+
+
+def run_trial(job: dict[str, Any], report: Report) -> dict[str, Any]:
+    """Train and evaluate one head; return every measure (objective.py picks the objectives).
+
+    ``job``: a ``TrialSpec`` as JSON (``TrialSpec.as_dict``), which is how it crosses the process boundary.
+    """
+    spec = TrialSpec.from_dict(job)
+    _start_backend()
+    hp = head_params(spec.params)
+    rows = load_rows(spec, hp, report)
+    curve: list[float] = []
+    snaps = epochs.EpochSnapshots(spec.snapshots)
+    model, fit = train(rows, hp, spec, after_epoch(rows, spec.n_classes, snaps, curve), report)
+    report(stage="evaluating", spare=True)  # training is over: the next trial's process may start now
+    features.prefetch(spec.cache_dir, spec.key)  # ...and will copy its rows from this file
+    splits, measures, times = measure(model, rows.evaluation, spec.n_classes, rows.split.reduced)
+    eval_key = f"{SPLIT_PREFIX[rows.evaluation.objective_split]}_accuracy"
+    history = {**fit.history, eval_key: curve}
+    result = {**measures, **describe(spec, rows, fit, history, times)}
+    result.update(snaps.result(fit.history["epoch_time_s"], fit.train_time_s))
+    if spec.pictures:
+        report(stage="drawing pictures")
+        k = rows.split.curve
+        curve_label = eval_key + metrics.curve_sample_note([k] if k < len(rows.evaluation.y) else [])
+        result["pictures"] = _draw(spec, splits, history, eval_key, curve_label, rows.split.train_counts)
+    return result
+
+
+def load_rows(spec: TrialSpec, hp: head.HeadParams, report: Report) -> Rows:
+    """Open the feature cache, split its rows, and copy out what training and evaluation read."""
+    p, seed, n_classes = spec.params, spec.seed, spec.n_classes
+    handling, mode = p.handling, p.augmentation
     report(stage="loading features")
-    store = features.FeatureStore(spec["cache_dir"], spec["key"])
-    split = split_rows(spec, store.labels)
-    y = store.labels
-    handling = p.get("handling", "none")
-    mode = p.get("augmentation", "none")
-    # Augmented training rows (views from the view cache, or images through the backbone) are search.augment's;
-    # validation and test rows are always the plain cached features.
-    augmented = augment.training(spec, mode, split.fit, store, handling, seed, report) if mode != "none" else None
-    hp = head_params(p)
+    store = features.FeatureStore(spec.cache_dir, spec.key)
+    split, y = split_rows(spec, store.labels), store.labels
+    # Augmented training rows (views from the view cache, or images through the backbone) are search.augment's.
+    augmented = augment.training(spec, split.fit, store, report) if mode != "none" else None
     report(stage="copying rows")
     with ThreadPoolExecutor(1) as pool:
         # The head is built (its initialisers traced and compiled, ~0.8 s) while the rows are copied out
         # (~1 s): both are needed before training, neither reads the other's data, and most of each runs
         # outside the GIL.  The same seed gives the same weights as building it afterwards.
-        built = pool.submit(head.build_head, store.n_features, spec["n_classes"], hp, seed) \
-            if augmented is None else None
+        built = pool.submit(head.build_head, store.n_features, n_classes, hp, seed) if augmented is None else None
         x_train, y_train = (store.take(split.fit), y[split.fit]) if augmented is None else (None, None)
-        x_eval = store.take(split.val if split.val is not None else split.test)
-        x_test = store.take(split.test) if split.val is not None else x_eval
+        eval_rows = split.val if split.val is not None else split.test
+        evaluation = Evaluation(spec.evaluation, store.take(eval_rows), y[eval_rows])
+        if split.val is not None:
+            evaluation.x_test, evaluation.y_test = store.take(split.test), y[split.test]
         store.close()  # the map's pages count in this process's memory; the rows are copies now
         model = built.result() if built is not None else None
-
-    if augmented is None and data.HANDLINGS[handling][0] == "data":
+    if augmented is None and HANDLINGS[handling].changes == "data":
         report(stage=f"resampling ({handling})")
         x_train, y_train = data.resample(x_train, y_train, handling, seed)
-    fit_counts = augmented.fit_counts if augmented is not None else data.class_counts(y_train, spec["n_classes"])
+    fit_counts = augmented.fit_counts if augmented is not None else data.class_counts(y_train, n_classes)
+    return Rows(split, evaluation, fit_counts, x_train, y_train, model, augmented,
+                augmented.views if augmented is not None else 0)
 
-    y_eval = y[split.val if split.val is not None else split.test]
-    y_test = y[split.test]
-    eval_key = f"{metrics.SPLIT_PREFIX[objective_split]}_accuracy"
-    curve: list[float] = []
-    k = split.curve
-    snaps = snapshots.EpochSnapshots(spec.get("snapshots"))
 
-    def after_epoch(epoch: int, model: Any) -> bool:
+def measure(model: Any, ev: Evaluation, n_classes: int, reduced: tuple[int, ...]
+            ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, float]]:
+    """Every quality metric on each split of ``ev``: after an epoch (a snapshot) and after training alike.
+
+    Returns per split its labels, probabilities and measures (for the pictures), the split-prefixed
+    measures, and each split's prediction time (``val_time_s``, ``test_time_s``).
+    """
+    splits, measures, times = {}, {}, {}
+    for name, (x, y) in ev.splits().items():
+        proba, took = head.predict(model, x)
+        m = metrics.evaluate(y, proba, n_classes, reduced)
+        splits[name] = {"y": y, "proba": proba, "measures": m}
+        measures.update(metrics.prefixed(m, name))
+        times[f"{SPLIT_PREFIX[name]}_time_s"] = took
+    return splits, measures, times
+
+
+def after_epoch(rows: Rows, n_classes: int, snaps: epochs.EpochSnapshots,
+                curve: list[float]) -> head.AfterEpoch:
+    """The hook after each epoch: the learning curve's point, and at a snapshot epoch every measure."""
+    ev, k = rows.evaluation, rows.split.curve
+
+    def hook(epoch: int, model: Any) -> bool:
         # The paper's training curves: accuracy after each epoch, on the evaluation split's curve sample.
         if not snaps.wants(epoch):
-            proba, _ = head.predict(model, x_eval[:k])
-            curve.append(float(np.mean(proba.argmax(axis=1) == y_eval[:k])))
+            proba, _ = head.predict(model, ev.x[:k])
+            curve.append(float(np.mean(proba.argmax(axis=1) == ev.y[:k])))
             return False
-        proba, took = head.predict(model, x_eval)
-        curve.append(float(np.mean(proba[:k].argmax(axis=1) == y_eval[:k])))
         # An epoch snapshot (search.snapshots): this epoch's model as an e-epoch trial, from the same prediction.
-        measures = metrics.prefixed(metrics.evaluate(y_eval, proba, spec["n_classes"], split.reduced),
-                                    objective_split)
-        times = {f"{metrics.SPLIT_PREFIX[objective_split]}_time_s": took}
-        if split.val is not None:
-            test_proba, times["test_time_s"] = head.predict(model, x_test)
-            measures.update(metrics.prefixed(metrics.evaluate(y_test, test_proba, spec["n_classes"],
-                                                              split.reduced), "test"))
+        splits, measures, times = measure(model, ev, n_classes, rows.split.reduced)
+        curve.append(float(np.mean(splits[ev.objective_split]["proba"][:k].argmax(axis=1) == ev.y[:k])))
         return snaps.add(epoch, measures, times)  # True: early stopping ends training at this rung
 
+    return hook
+
+
+def train(rows: Rows, hp: head.HeadParams, spec: TrialSpec, hook: head.AfterEpoch,
+          report: Report) -> tuple[Any, head.FitResult]:
+    """Fit the head once, on the plain rows or the augmented input; the training rows are let go after."""
     report(stage="training", epoch=0, epochs=hp.epochs)
 
     def on_epoch(epoch: int, loss: float) -> None:
         report(stage="training", epoch=epoch, epochs=hp.epochs, loss=loss)
 
-    if augmented is None:
-        fit = head.fit(model, x_train, y_train, hp, seed, after_epoch=after_epoch, on_epoch=on_epoch)
+    if rows.augmented is None:
+        model = rows.model
+        fit = head.fit(model, rows.x_train, rows.y_train, hp, spec.seed, after_epoch=hook, on_epoch=on_epoch)
     else:
-        model, fit = augmented.train(spec["n_classes"], hp, seed, after_epoch, on_epoch)
-    augmented_views = augmented.views if augmented is not None else 0
-    del x_train, augmented
+        model, fit = rows.augmented.train(spec.n_classes, hp, spec.seed, hook, on_epoch)
+    rows.x_train = rows.y_train = rows.model = rows.augmented = None  # an online input holds all its images
+    return model, fit
 
-    report(stage="evaluating", spare=True)  # training is over: the next trial's process may start now
-    features.prefetch(spec["cache_dir"], spec["key"])  # ...and will copy its rows from this file
-    splits: dict[str, dict[str, Any]] = {}
-    eval_proba, eval_time = head.predict(model, x_eval)
-    splits[objective_split] = {"y": y_eval, "proba": eval_proba,
-                               "measures": metrics.evaluate(y_eval, eval_proba, spec["n_classes"], split.reduced)}
-    test_time = eval_time
-    if split.val is not None:
-        test_proba, test_time = head.predict(model, x_test)
-        splits["test"] = {"y": y_test, "proba": test_proba,
-                          "measures": metrics.evaluate(y_test, test_proba, spec["n_classes"], split.reduced)}
 
-    result: dict[str, Any] = {}
-    for name, d in splits.items():
-        result.update(metrics.prefixed(d["measures"], name))
-    history = {**fit.history, eval_key: curve}
+def describe(spec: TrialSpec, rows: Rows, fit: head.FitResult, history: dict[str, list[float]],
+             times: dict[str, float]) -> dict[str, Any]:
+    """What the trial was and cost, beside its quality measures."""
     import keras  # already loaded: which backend trained it is part of what time and memory mean
 
-    result.update(
-        objective_split=objective_split, keras_backend=keras.backend.backend(),
+    p, split, n_classes = spec.params, rows.split, spec.n_classes
+    out = dict(
+        objective_split=spec.evaluation, keras_backend=keras.backend.backend(),
         threads=len(os.sched_getaffinity(0)),
         train_time_s=fit.train_time_s, compile_time_s=fit.compile_time_s, epoch_time_s=fit.epoch_time_s,
-        eval_time_s=fit.eval_time_s, epochs_run=fit.epochs_run, history=history, curve_rows=k,
-        test_time_s=test_time, n_train=int(len(split.fit)), n_test=int(len(split.test)),
-        imbalance_profile=p.get("profile", "paper") if p["balance"] == "imbalanced" else "none",
-        reduced_classes=list(split.reduced), handling=handling,
-        augmentation=mode, views=augmented_views,
-        train_class_counts=split.train_counts, fit_class_counts=fit_counts,
-        test_class_counts=data.class_counts(y[split.test], spec["n_classes"]))
-    result.update(snaps.result(fit.history["epoch_time_s"], fit.train_time_s))
+        eval_time_s=fit.eval_time_s, epochs_run=fit.epochs_run, history=history, curve_rows=split.curve,
+        test_time_s=times["test_time_s"], n_train=int(len(split.fit)), n_test=int(len(split.test)),
+        imbalance_profile=p.profile if p.balance == "imbalanced" else "none",
+        reduced_classes=list(split.reduced), handling=p.handling,
+        augmentation=p.augmentation, views=rows.views,
+        train_class_counts=split.train_counts, fit_class_counts=rows.fit_counts,
+        test_class_counts=data.class_counts(rows.evaluation.y_test if split.val is not None else rows.evaluation.y,
+                                            n_classes))
     if split.val is not None:
-        result.update(val_time_s=eval_time, n_val=int(len(split.val)),
-                      val_class_counts=data.class_counts(y[split.val], spec["n_classes"]))
-    if spec.get("pictures"):
-        report(stage="drawing pictures")
-        curve_label = eval_key + metrics.curve_sample_note([k] if k < len(y_eval) else [])
-        result["pictures"] = _draw(spec, splits, history, eval_key, curve_label, split.train_counts)
-    return result
+        out.update(val_time_s=times["val_time_s"], n_val=int(len(split.val)),
+                   val_class_counts=data.class_counts(rows.evaluation.y, n_classes))
+    return out
 
 
 def warm_up() -> None:
@@ -163,28 +219,28 @@ def _start_backend() -> None:
     isolate.mark_baseline()
 
 
-def head_params(p: dict[str, Any]) -> head.HeadParams:
-    return head.HeadParams(units=p["units"], dropout=p["dropout"], l1=p["l1"], l2=p["l2"],
-                           learning_rate=p["learning_rate"], batch_size=p["batch_size"], epochs=p["epochs"],
-                           handling=p.get("handling", "none"), focal_gamma=p.get("focal_gamma", 2.0),
-                           label_smoothing=p.get("label_smoothing", 0.0))
+def head_params(p: TrialParams) -> head.HeadParams:
+    return head.HeadParams(units=p.units, dropout=p.dropout, l1=p.l1, l2=p.l2,
+                           learning_rate=p.learning_rate, batch_size=p.batch_size, epochs=p.epochs,
+                           handling=p.handling, focal_gamma=p.focal_gamma,
+                           label_smoothing=p.label_smoothing)
 
 
-def split_rows(spec: dict[str, Any], labels: np.ndarray) -> Split:
+def split_rows(spec: TrialSpec, labels: np.ndarray) -> Split:
     """The trial's fit/validation/test rows: stratified, seeded; imbalance on the training part only.
 
     The evaluation split's rows are ordered with the learning curve's sample first (``Split.curve``),
     so that the per-epoch prediction reads a slice, not a copy.
     """
-    p, seed, n_classes = spec["params"], spec["seed"], spec["n_classes"]
-    profile = p.get("profile", "paper")
-    reduce_classes = tuple(spec["reduce_classes"])
-    fit_idx, val_idx, test_idx = data.protocol_split(labels, p["split_ratio"], seed, spec["evaluation"],
-                                                     spec.get("validation_fraction", 0.2))
-    if p["balance"] == "imbalanced":
-        fit_idx = data.apply_profile(fit_idx, labels, n_classes, profile, seed, rho=p.get("rho", 10.0),
-                                     paper_classes=reduce_classes, fraction=spec["reduce_fraction"])
-    eval_idx, curve = curve_first(val_idx if val_idx is not None else test_idx, labels, spec.get("curve_rows", 0),
+    p, seed, n_classes = spec.params, spec.seed, spec.n_classes
+    profile = p.profile
+    reduce_classes = spec.reduce_classes
+    fit_idx, val_idx, test_idx = data.protocol_split(labels, p.split_ratio, seed, spec.evaluation,
+                                                     spec.validation_fraction)
+    if p.balance == "imbalanced":
+        fit_idx = data.apply_profile(fit_idx, labels, n_classes, profile, seed, rho=p.rho,
+                                     paper_classes=reduce_classes, fraction=spec.reduce_fraction)
+    eval_idx, curve = curve_first(val_idx if val_idx is not None else test_idx, labels, spec.curve_rows,
                                   seed)
     val_idx, test_idx = (eval_idx, test_idx) if val_idx is not None else (None, eval_idx)
     return Split(fit_idx, val_idx, test_idx, data.class_counts(labels[fit_idx], n_classes),
@@ -208,16 +264,16 @@ def curve_first(idx: np.ndarray, labels: np.ndarray, rows: int, seed: int) -> tu
     return idx[np.concatenate([np.sort(sample), np.sort(rest)])], rows
 
 
-def _draw(spec: dict[str, Any], splits: dict[str, dict[str, Any]], history: dict[str, list[float]], eval_key: str,
+def _draw(spec: TrialSpec, splits: dict[str, dict[str, Any]], history: dict[str, list[float]], eval_key: str,
           curve_label: str, train_counts: list[int]) -> list[str]:
     """The trial's pictures into a fresh directory the coordinator uploads and removes.  Never raises."""
     from search import pictures
 
     try:
-        out = tempfile.mkdtemp(prefix="search-pictures-", dir=spec["pictures"].get("tmp_dir"))
+        out = tempfile.mkdtemp(prefix="search-pictures-", dir=spec.pictures.tmp_dir)
         return pictures.draw_trial(
-            Path(out), splits, history, eval_key, curve_label, spec["class_names"],
-            f"{spec['pictures']['header']}, Keras/{spec['pictures']['backend']}, weights {spec['pictures']['weights']}",
+            Path(out), splits, history, eval_key, curve_label, list(spec.class_names),
+            f"{spec.pictures.header}, Keras/{spec.pictures.backend}, weights {spec.pictures.weights}",
             train_counts)
     except Exception as e:  # a picture is never worth a trial
         return [f"error: {type(e).__name__}: {e}"[:500]]

@@ -32,7 +32,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna.trial import TrialState
+
 from search import optuna_compat as compat
+from search import study as st
+from search.errors import Interrupted
+from search.progress import PoolDisplay, interrupted_line, print_pareto
+from search.snapshots import summary_text
+from search.storage import STORAGE_ENV, dispose
 
 WORKER_FLAG = "--worker"
 POLL_S = 0.5
@@ -105,76 +112,23 @@ def _describe_exit(rc: int) -> str:
     return f"exit code {rc}"
 
 
-def run_workers(args: Any, study: Any, display: Any, config: Any, target: int, storage_url: str) -> int:
+def run_workers(args: Any, study: Any, pool: PoolDisplay, config: Any, target: int, storage_url: str) -> int:
     """Start ``args.workers`` workers, show their common progress, and return the exit code."""
-    from optuna.trial import TrialState
-
-    from search import study as st
-    from search.errors import Interrupted
-    from search.snapshots import summary_text as snapshot_summary
-    from search.storage import STORAGE_ENV, dispose
-
-    n = args.workers
     complete_before = st.counts(study)[TrialState.COMPLETE]
     retried = st.recover_dead_trials(study)
     # Opening the storage left two idle connections; polling from one thread needs one.
     dispose(compat.storage_of(study))
-    env = {**os.environ, STORAGE_ENV: storage_url}
-    pool = _adopt_display(display, n)
     pool.start(study, target, config.metric_names)
-
     workers: list[Worker] = []
-
-    def relay(w: Worker) -> None:
-        for line in w.proc.stderr:
-            line = line.rstrip("\n")
-            if line.startswith("error: "):
-                w.errors.append(line.removeprefix("error: "))
-            elif line.startswith("interrupted by ") or not line.strip():
-                pass  # the parent reports the interruption once
-            else:
-                pool.console.print(f"worker {w.index}: {line}", markup=False, highlight=False)
-
     try:
-        for i in range(n):
-            proc = subprocess.Popen(worker_command(args.argv, i + 1), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent, env=env)
-            workers.append(Worker(i + 1, proc))
-        for w in workers:
-            w.relay = threading.Thread(target=relay, args=(w,), daemon=True)
-            w.relay.start()
-        pool.message(f"{n} workers started (pids {', '.join(str(w.proc.pid) for w in workers)})")
-
-        failure: Worker | None = None
-        while True:
-            pool.poll()
-            for w in workers:
-                rc = w.rc
-                if rc is None or w.reported:
-                    continue
-                w.reported = True
-                if rc == 0:
-                    continue
-                if rc in (1, 2) and w.relay is not None:
-                    w.relay.join(timeout=5)
-                if rc in (1, 2) and w.errors:
-                    failure = failure or w
-                    continue
-                # Lost (killed, or stopped by a signal not sent by us): its trials go to the others.
-                lost = st.recover_dead_trials(study)
-                retried += lost
-                pool.message(f"worker {w.index} (pid {w.proc.pid}) {_describe_exit(rc)}"
-                             + (f"; its trial(s) {', '.join(map(str, lost))} failed and queued for retry"
-                                if lost else "") + f"; {sum(x.rc is None for x in workers)} worker(s) go on")
-            if failure is not None:
-                _stop(workers, signal.SIGTERM)
-                pool.stop()
-                st.recover_dead_trials(study)
-                print(f"error: worker {failure.index}: {failure.errors[-1]}", file=sys.stderr)
-                return 1 if failure.rc == 1 else 2
-            if all(w.rc is not None for w in workers):
-                break
-            time.sleep(POLL_S)
+        workers += _start(args, {**os.environ, STORAGE_ENV: storage_url}, pool)
+        failure = _watch(workers, study, pool, retried)
+        if failure is not None:
+            _stop(workers, signal.SIGTERM)
+            pool.stop()
+            st.recover_dead_trials(study)
+            print(f"error: worker {failure.index}: {failure.errors[-1]}", file=sys.stderr)
+            return 1 if failure.rc == 1 else 2
     except Interrupted as e:
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         _stop(workers, e.signum)
@@ -182,27 +136,76 @@ def run_workers(args: Any, study: Any, display: Any, config: Any, target: int, s
         st.recover_dead_trials(study)  # a worker that had to be killed
         failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                   if t.number in running]
-        done = st.counts(study)[TrialState.COMPLETE]
-        what = (f"trial(s) {', '.join(map(str, sorted(failed)))} recorded as failed and queued for retry; "
-                if failed else "")
-        print(f"{e}: {what}{done}/{target} COMPLETE; run the same command to resume", file=sys.stderr)
+        print(interrupted_line(e, sorted(failed), st.counts(study)[TrialState.COMPLETE], target), file=sys.stderr)
         return e.exit_code
     pool.poll()
     pool.stop()
+    return _summary(study, pool, config, target, workers, complete_before, retried)
 
+
+def _start(args: Any, env: dict[str, str], pool: PoolDisplay) -> list[Worker]:
+    """The worker processes, each with a thread relaying what it prints."""
+    workers = []
+    for i in range(args.workers):
+        proc = subprocess.Popen(worker_command(args.argv, i + 1), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent, env=env)
+        workers.append(Worker(i + 1, proc))
+    for w in workers:
+        w.relay = threading.Thread(target=_relay, args=(w, pool), daemon=True)
+        w.relay.start()
+    pool.message(f"{len(workers)} workers started (pids {', '.join(str(w.proc.pid) for w in workers)})")
+    return workers
+
+
+def _relay(w: Worker, pool: PoolDisplay) -> None:
+    for line in w.proc.stderr:
+        line = line.rstrip("\n")
+        if line.startswith("error: "):
+            w.errors.append(line.removeprefix("error: "))
+        elif line.startswith("interrupted by ") or not line.strip():
+            pass  # the parent reports the interruption once
+        else:
+            pool.console.print(f"worker {w.index}: {line}", markup=False, highlight=False)
+
+
+def _watch(workers: list[Worker], study: Any, pool: PoolDisplay, retried: list[int]) -> Worker | None:
+    """Poll until every worker has ended (None) or one failed with an error of its own (that worker)."""
+    failure: Worker | None = None
+    while True:
+        pool.poll()
+        for w in workers:
+            rc = w.rc
+            if rc is None or w.reported:
+                continue
+            w.reported = True
+            if rc == 0:
+                continue
+            if rc in (1, 2) and w.relay is not None:
+                w.relay.join(timeout=5)
+            if rc in (1, 2) and w.errors:
+                failure = failure or w
+                continue
+            # Lost (killed, or stopped by a signal not sent by us): its trials go to the others.
+            lost = st.recover_dead_trials(study)
+            retried += lost
+            pool.message(f"worker {w.index} (pid {w.proc.pid}) {_describe_exit(rc)}"
+                         + (f"; its trial(s) {', '.join(map(str, lost))} failed and queued for retry"
+                            if lost else "") + f"; {sum(x.rc is None for x in workers)} worker(s) go on")
+        if failure is not None or all(w.rc is not None for w in workers):
+            return failure
+        time.sleep(POLL_S)
+
+
+def _summary(study: Any, pool: PoolDisplay, config: Any, target: int, workers: list[Worker],
+             complete_before: int, retried: list[int]) -> int:
     done = st.counts(study)[TrialState.COMPLETE]
-    if study.best_trials:
-        from rich.console import Console
-
-        from search.progress import pareto_table
-
-        Console(width=None if sys.stdout.isatty() else 200).print(pareto_table(study, config.metric_names))
+    print_pareto(study, config.metric_names)
     codes = [w.rc for w in workers]
     stopped_by = ("target" if done >= target else "timeout" if config.run.timeout is not None
                   else "sampler has nothing left to try" if all(c == 0 for c in codes) else "lost workers")
-    pool.message(f"{done}/{target} COMPLETE trials ({done - complete_before} this run by {n} workers; "
+    pool.message(f"{done}/{target} COMPLETE trials ({done - complete_before} this run by {len(workers)} workers; "
                  f"stopped by {stopped_by})" + (f"; retried lost trials {sorted(set(retried))}" if retried else "")
-                 + snapshot_summary(study))
+                 + summary_text(study))
     if done < target and stopped_by == "lost workers":
         print(f"error: every worker ended before the target ({', '.join(_describe_exit(c) for c in codes)})",
               file=sys.stderr)
@@ -228,47 +231,3 @@ def _stop(workers: list[Worker], signum: int) -> None:
     for w in workers:
         if w.relay is not None:
             w.relay.join(timeout=5)
-
-
-# ---------------------------------------------------------------- display
-
-def _adopt_display(display: Any, n_workers: int) -> Any:
-    """Turn the run's Display into one fed by polling the storage instead of by the objective's events.
-
-    (Imports inside, not at module import: a trial process that imports this module needs neither rich nor Optuna.)
-    """
-    from optuna.trial import TrialState
-
-    from search.progress import Display
-    from search.snapshots import is_snapshot
-
-    class PoolDisplay(Display):
-        def start(self, study, target, metric_names) -> None:
-            self._announced: set[int] = set()
-            self._ended = {compat.trial_id(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-            super().start(study, target, metric_names)
-
-        def poll(self) -> None:
-            trials = self.study.get_trials(deepcopy=False)
-            running = []
-            for t in sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number)):
-                if t.state == TrialState.RUNNING:
-                    running.append(t.number)
-                    if compat.trial_id(t) not in self._announced and "resolved_params" in t.user_attrs:
-                        self._announced.add(compat.trial_id(t))
-                        self.on_event({"event": "trial", "number": t.number, "params": t.user_attrs["resolved_params"]})
-                elif t.state.is_finished() and compat.trial_id(t) not in self._ended:
-                    self._ended.add(compat.trial_id(t))
-                    if t.state == TrialState.PRUNED and compat.trial_id(t) not in self._announced:
-                        continue  # a worker found the target already claimed: no news
-                    if is_snapshot(t):
-                        continue  # an epoch snapshot: announced with its parent, no trial time of its own
-                    took = (t.duration.total_seconds() if t.duration else 0.0) / max(1, self.n_workers)
-                    self._trial_start = time.monotonic() - took  # Display's ETA: per-trial time / workers
-                    self.on_trial_end(self.study, t)
-            self.stage = f"{len(running)} running: trial(s) {', '.join(map(str, sorted(running)))}" if running else ""
-            self._refresh()
-
-    display.__class__ = PoolDisplay
-    display.n_workers = n_workers
-    return display

@@ -14,6 +14,7 @@ real on-disk formats, one feature cache for the whole session, and command-line 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gzip
 import os
 import pickle
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -210,25 +211,29 @@ n_trials = {n_trials}
 
 # ---------------------------------------------------------------- one feature cache per session
 
-def cli_runtime(trial_backend: str = "jax") -> dict[str, str]:
-    """The runtime identity ``search.run`` computes under ``cli_env()`` (no $KERAS_BACKEND)."""
-    from search import features
-
+@contextlib.contextmanager
+def without_keras_backend() -> Iterator[None]:
+    """As ``search.run`` runs under ``cli_env()``: without this shell's $KERAS_BACKEND."""
     saved = os.environ.pop("KERAS_BACKEND", None)
     try:
-        return features.runtime_identity(trial_backend)
+        yield
     finally:
         if saved is not None:
             os.environ["KERAS_BACKEND"] = saved
 
 
-def tiny_cache_key(data_dir: Path, weights: str = "random") -> str:
-    """The cache entry ``search.run`` reads for the tiny config over ``data_dir``."""
-    from search import data, features
+def tiny_search(data_dir: Path, cache_dir: Path, weights: str = "random") -> Any:
+    """The API's Search of the tiny config over ``data_dir``, with its data read (so its cache key known)."""
+    import search
 
-    pooled = data.load_pooled("fashion_mnist", data_dir)
-    return features.cache_key("fashion_mnist", 0, "unit", "bilinear", features.resolve_weights(weights),
-                              pooled.fingerprint(), cli_runtime())
+    config_file = Path(tempfile.mkdtemp(prefix="search-tests-config-")) / "tiny.toml"
+    config_file.write_text(TINY_CONFIG.format(n_trials=1))
+    atexit.register(shutil.rmtree, config_file.parent, True)
+    with without_keras_backend():
+        s = search.Search(search.load_config(config_file), storage=f"sqlite:///{config_file.parent / 'unused.db'}",
+                          weights=weights, data_dir=data_dir, cache_dir=cache_dir)
+        s.load_data()
+    return s
 
 
 _SHARED: dict[str, Any] = {}
@@ -237,25 +242,15 @@ _SHARED: dict[str, Any] = {}
 def shared_cache() -> tuple[Path, str]:
     """(cache_dir, key) of the real features (random-init ResNet50) of ``write_fashion_dir``'s default data.
 
-    Extracted once per session, by the same job ``search.run`` runs; every ``Tiny`` gets a copy.
+    Extracted once per session, by the API's ``prepare`` (what ``search.run`` runs); every ``Tiny`` gets a copy.
     """
     if "dir" not in _SHARED:
-        from search import data, features
-        from search.isolate import run_isolated
-
         root = Path(tempfile.mkdtemp(prefix="search-tests-cache-"))
         atexit.register(shutil.rmtree, root, True)
-        data_dir = write_fashion_dir(root / "fmnist")
-        key = tiny_cache_key(data_dir)
-        weights = features.resolve_weights("random")
-
-        def build(tmp: Path) -> None:
-            spec = {"dataset": "fashion_mnist", "data_dir": str(data_dir), "subset": 0, "subset_seed": 0,
-                    "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights), "out_dir": str(tmp)}
-            run_isolated("search.features:extract_job", spec, env={"KERAS_BACKEND": cli_runtime()["extraction_backend"]})
-
-        features.ensure_cached(root / "cache", key, build)
-        _SHARED.update(dir=root / "cache", key=key)
+        s = tiny_search(write_fashion_dir(root / "fmnist"), root / "cache")
+        with without_keras_backend():
+            s.prepare()
+        _SHARED.update(dir=root / "cache", key=s.cache_key)
     return _SHARED["dir"], _SHARED["key"]
 
 

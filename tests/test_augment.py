@@ -7,6 +7,8 @@ tiny synthetic Fashion-MNIST with random backbone weights.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import subprocess
 import sys
@@ -16,9 +18,11 @@ import numpy as np
 import pytest
 
 from search import augment, features
+from search.runtime import extraction_backend
 from search.config import StudyConfig
 from search.errors import CacheError, DataError, TrialFailed
 from search.objective import Context, resolve_params, trial_spec
+from search.spec import TrialSpec
 from tests.conftest import write_fashion_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +73,7 @@ def _write_entry(cache_dir: Path, key: str, n: int, views: int | None = None) ->
     features.ensure_cached(cache_dir, key, build)
 
 
-def _spec(cache_dir: Path, n: int, views: int, mode: str = "views", **params) -> dict:
+def _spec(cache_dir: Path, n: int, views: int, mode: str = "views", **params) -> TrialSpec:
     config = _config(augmentation={"mode": mode, "views": views})
     resolved = {**resolve_params(config, {}), **params}
     ctx = Context(config=config, cache_dir=cache_dir, cache_key="plain", n_classes=10, target=1,
@@ -95,11 +99,11 @@ def test_extra_spec_and_trial_backend(tmp_path):
     extra = augment.extra_spec(config, views_key="vk", weights=w, fingerprint="f00", data_dir=tmp_path)
     assert extra["views_key"] == "vk"
     assert extra["online"]["fingerprint"] == "f00" and extra["online"]["data_dir"] == str(tmp_path.resolve())
-    assert extra["online"]["backend"] == features.extraction_backend()
+    assert extra["online"]["backend"] == extraction_backend()
     assert augment.extra_spec(_config(), views_key=None, weights=w, fingerprint="f", data_dir=None) == {}
-    spec = {"params": {"augmentation": "online"}, **extra}
-    assert augment.trial_backend(spec, "jax") == features.extraction_backend()
-    assert augment.trial_backend({**spec, "params": {"augmentation": "views"}}, "jax") == "jax"
+    spec = _spec(tmp_path, 0, views=2, mode="online").replace(online=extra["online"])
+    assert augment.trial_backend(spec, "jax") == extraction_backend()
+    assert augment.trial_backend(_spec(tmp_path, 0, views=2).replace(online=extra["online"]), "jax") == "jax"
 
 
 def test_view_cache_key_holds_the_settings():
@@ -120,7 +124,7 @@ def test_view_draws_are_seeded_per_trial_and_epoch():
     assert not np.array_equal(a, augment.draw_views(1000, 4, seed=1, epoch=0))
     assert not np.array_equal(a, augment.draw_views(1000, 4, seed=0, epoch=1))
     assert set(a.tolist()) == {0, 1, 2, 3}
-    assert augment.view_seed(0, 0) != augment.view_seed(0, 1) != augment.view_seed(1, 1)
+    assert features.view_seed(0, 0) != features.view_seed(0, 1) != features.view_seed(1, 1)
 
 
 def _extract_views(data_dir: Path, out: Path, seed: int, views: int = 2, paper: bool = True) -> np.ndarray:
@@ -276,7 +280,7 @@ def test_only_training_rows_are_augmented(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(features.FeatureStore, "take", spy)
-    result = trial.run_trial(spec, lambda **kw: None)
+    result = trial.run_trial(spec.as_dict(), lambda **kw: None)
     split = trial.split_rows(spec, _labels(n))
     fit, others = set(split.fit.tolist()), set(split.val.tolist()) | set(split.test.tolist())
     from_views = np.concatenate([r for name, r, _ in taken if name == "views"])
@@ -299,14 +303,15 @@ def test_online_refuses_other_data_and_resampling(tmp_path):
     online = {"dataset": "fashion_mnist", "subset": 0, "data_dir": str(data_dir), "fingerprint": "0" * 16,
               "preprocessing": "unit", "resize": "bilinear", "weights": vars(features.resolve_weights("random")),
               "backend": "tensorflow"}
-    spec = {**_spec(tmp_path, 50, views=2, mode="online"), "online": online}
+    spec = _spec(tmp_path, 50, views=2, mode="online").replace(online=online)
     with pytest.raises(DataError, match="not the study's data"):
-        augment.training(spec, "online", np.arange(40), store, "none", 0, lambda **kw: None)
+        augment.training(spec, np.arange(40), store, lambda **kw: None)
+    smote = spec.replace(params=dataclasses.replace(spec.params, handling="smote"))
     with pytest.raises(TrialFailed, match="resamples cached features"):
-        augment.training(spec, "online", np.arange(40), store, "smote", 0, lambda **kw: None)
-    del spec["views_key"]
+        augment.training(smote, np.arange(40), store, lambda **kw: None)
+    no_views = _spec(tmp_path, 50, views=2).replace(views_key=None)
     with pytest.raises(TrialFailed, match="needs the view cache"):
-        augment.training(spec, "views", np.arange(40), store, "none", 0, lambda **kw: None)
+        augment.training(no_views, np.arange(40), store, lambda **kw: None)
 
 
 def test_online_backbone_must_reproduce_the_cached_features():
@@ -391,7 +396,7 @@ def test_views_and_online_trials_complete_through_the_cli(tmp_path):
         assert a["train_time_s"] > 0 and a["peak_memory_mb"] > 0 and a["n_train"] == 128
         assert a["resolved_params"]["augmentation"] == mode
     # the online trial ran its backbone on the extraction backend, the views trial on the trials' (JAX)
-    assert trials["online"].user_attrs["keras_backend"] == features.extraction_backend()
+    assert trials["online"].user_attrs["keras_backend"] == extraction_backend()
     assert trials["views"].user_attrs["keras_backend"] == "jax"
 
     # search.confirm repeats a views trial with another seed: it finds the view cache too

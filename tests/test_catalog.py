@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search import catalog, data, samplers
+from search import catalog
+from search.config import choices
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -15,7 +16,7 @@ def test_the_readme_catalog_block_is_the_registries():
 
 def test_every_registry_name_is_listed():
     block = catalog.tables()
-    for name in (*data.DATASETS, *data.HANDLINGS, *samplers.SAMPLERS):
+    for name in (*choices.DATASETS, *choices.HANDLINGS, *choices.SAMPLERS):
         assert f"| `{name}` |" in block
 
 

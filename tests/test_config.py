@@ -203,9 +203,9 @@ def test_configs_directory_is_read_when_asked_not_at_import(tmp_path, monkeypatc
 
 def test_a_new_registry_entry_is_valid_at_once(tmp_path, monkeypatch):
     """Validation derives from the registries: nothing else needs to learn a new dataset's name."""
-    from search import data
+    from search.config import choices
 
-    monkeypatch.setitem(data.DATASETS, "kmnist", data.DATASETS["fashion_mnist"])
+    monkeypatch.setitem(choices.DATASETS, "kmnist", choices.DATASETS["fashion_mnist"])
     assert _load(tmp_path, SMOKE.replace('name = "fashion_mnist"', 'name = "kmnist"')).dataset.name == "kmnist"
 
 

@@ -90,7 +90,7 @@ def test_a_damaged_cache_is_refused_and_nothing_is_stored(stored, main_here, tmp
 
 def test_a_study_timed_on_another_runtime_is_not_confirmed_here(stored, main_here, tmp_path):
     """Repeats store train_time_s next to the study's trials: a study timed one step per call (before
-    search.head.STEPS_PER_CALL) or on another Keras must not get repeats timed with this one."""
+    search.runtime.STEPS_PER_CALL) or on another Keras must not get repeats timed with this one."""
     import sqlite3
 
     from search.study import IDENTITY_ATTR

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from search import data
+from search.config.choices import DATASETS
 from search.errors import DataError, TrialFailed
 
 from .conftest import needs_real_fashion, write_cifar_dir, write_fashion_dir
@@ -111,9 +112,9 @@ def test_unknown_dataset_and_oversized_slice(tmp_path):
 
 
 def test_class_names_come_from_the_registry():
-    assert data.DATASETS["fashion_mnist"].class_names[:2] == ("T-shirt/top", "Trouser")
-    assert data.DATASETS["cifar10"].class_names[0] == "airplane"
-    assert all(info.n_classes == 10 for info in data.DATASETS.values())
+    assert DATASETS["fashion_mnist"].class_names[:2] == ("T-shirt/top", "Trouser")
+    assert DATASETS["cifar10"].class_names[0] == "airplane"
+    assert all(info.n_classes == 10 for info in DATASETS.values())
 
 
 # ---------------------------------------------------------------- splits, slices, imbalance

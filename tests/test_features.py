@@ -200,16 +200,6 @@ def test_cache_key_separates_what_changes_features():
                               {**rt, "trial_backend": "tensorflow"}) == base
 
 
-def test_runtime_identity_names_backends_and_versions(monkeypatch):
-    monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    rt = features.runtime_identity("jax")
-    assert rt["trial_backend"] == "jax" and rt["extraction_backend"] == "tensorflow"
-    assert rt["keras"] == features.package_version("keras") != "not installed"
-    assert {"jax", "tensorflow"} <= set(rt)
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    assert features.runtime_identity("jax")["extraction_backend"] == "jax"
-
-
 def test_weights_files_are_identified_by_content(tmp_path):
     a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
     a.write_bytes(b"weights")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from search import head
-from search.errors import TrialFailed, UsageError
+from search import runtime
+from search.errors import TrialFailed
 
 P = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=0.0, learning_rate=3e-3, batch_size=16, epochs=3)
 
@@ -20,24 +21,6 @@ def xy():
     y = np.arange(300) % 5
     centers = rng.normal(size=(5, 12)) * 2
     return (centers[y] + rng.normal(size=(300, 12))).astype(np.float32), y
-
-
-def test_backend_is_the_flag_else_the_environment_else_jax(monkeypatch):
-    monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    assert head.resolve_backend(None) == "jax"
-    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
-    assert head.resolve_backend(None) == "tensorflow" and head.resolve_backend("jax") == "jax"
-    with pytest.raises(UsageError, match="^unknown Keras backend 'theano'; valid: jax, tensorflow, torch$"):
-        head.resolve_backend("theano")
-
-
-def test_a_backend_that_is_not_installed_is_named_with_the_fix(monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
-    with pytest.raises(UsageError, match=r"^Keras backend torch is not installed \(pip install torch\)"):
-        head.resolve_backend("torch")
 
 
 def test_the_head_is_dense_relu_dropout_softmax_with_its_regularizer():
@@ -142,9 +125,9 @@ def test_steps_grouped_into_one_call_train_the_same_head_as_one_step_per_call(mo
     x = (rng.normal(size=(5, 12))[y] + rng.normal(size=(1000, 12))).astype(np.float32)
     p = head.HeadParams(units=16, dropout=0.3, l1=1e-4, l2=1e-4, learning_rate=3e-3, batch_size=16, epochs=2,
                         handling=handling)
-    assert head.STEPS_PER_CALL > 1
+    assert runtime.STEPS_PER_CALL > 1
     grouped, fit_grouped = head.train_head(x, y, 5, p, seed=5)
-    monkeypatch.setattr(head, "STEPS_PER_CALL", 1)
+    monkeypatch.setattr(runtime, "STEPS_PER_CALL", 1)
     single, fit_single = head.train_head(x, y, 5, p, seed=5)
     assert single.steps_per_execution == 1 and grouped.steps_per_execution > 1
     for a, b in zip(grouped.weights, single.weights):

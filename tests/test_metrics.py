@@ -8,6 +8,7 @@ from sklearn import metrics as skm
 
 from search import metrics
 from search.metrics import evaluate
+from search.config.choices import METRICS, QUALITY, stored_name
 
 
 def test_hand_worked_case():
@@ -53,14 +54,14 @@ def test_every_quality_metric_is_stored_with_its_split():
     m = evaluate(np.array([0, 1, 2]), np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]]), 3)
     val, test = metrics.prefixed(m, "validation"), metrics.prefixed(m, "test")
     assert set(val) == {f"val_{k}" for k in m} and set(test) == {f"test_{k}" for k in m}
-    assert set(metrics.QUALITY) <= set(m)  # evaluate measures every registered quality metric
-    assert metrics.stored_name("accuracy", "validation") == "val_accuracy"
-    assert metrics.stored_name("roc_auc", "test") == "test_roc_auc"
-    assert metrics.stored_name("train_time_s", "validation") == "train_time_s"  # a resource has no split
-    assert metrics.stored_name("trial_memory_mb", "test") == "trial_memory_mb"
+    assert set(QUALITY) <= set(m)  # evaluate measures every registered quality metric
+    assert stored_name("accuracy", "validation") == "val_accuracy"
+    assert stored_name("roc_auc", "test") == "test_roc_auc"
+    assert stored_name("train_time_s", "validation") == "train_time_s"  # a resource has no split
+    assert stored_name("trial_memory_mb", "test") == "trial_memory_mb"
 
 
-@pytest.mark.parametrize("name", metrics.METRICS)
+@pytest.mark.parametrize("name", METRICS)
 def test_every_metric_is_documented_with_a_direction(name):
-    m = metrics.METRICS[name]
+    m = METRICS[name]
     assert m.kind in ("quality", "resource") and m.direction in ("maximize", "minimize") and m.doc

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from search import metrics, pictures
-from search.data import DATASETS
+from search.config.choices import DATASETS
 
 NAMES = DATASETS["fashion_mnist"].class_names
 

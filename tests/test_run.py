@@ -254,8 +254,7 @@ def test_resume_with_another_backend_is_refused_and_the_runtime_is_recorded(tiny
     assert r.returncode == 0 and "trials train on Keras/jax" in r.stderr
     study = optuna.load_study(study_name="tiny", storage=tiny.storage)
     runtime = study.user_attrs[IDENTITY_ATTR]["runtime"]
-    from search.features import package_version
-    from search.head import STEPS_PER_CALL
+    from search.runtime import STEPS_PER_CALL, package_version
 
     assert runtime["trial_backend"] == "jax" and runtime["extraction_backend"] == "tensorflow"
     assert runtime["keras"] == package_version("keras") and runtime["jax"] == package_version("jax")

@@ -39,7 +39,7 @@ def test_a_grid_study_targets_its_points_unless_set_lower(tmp_path):
     assert samplers.target(_config(tmp_path, TINY_CONFIG.format(n_trials=7))) == 7
 
 
-@pytest.mark.parametrize("name", samplers.SAMPLERS)
+@pytest.mark.parametrize("name", samplers.FACTORIES)
 def test_every_sampler_suggests_inside_the_space_and_a_seed_repeats_it(tmp_path, name):
     c = _config(tmp_path, GRID.replace('name = "grid"', f'name = "{name}"'))
 

@@ -24,10 +24,11 @@ import pytest
 from optuna.trial import TrialState
 from rich.console import Console
 
-from search import features, metrics, snapshots
+from search import epochs, features, metrics, snapshots
 from search import objective as obj
 from search import study as st
 from search.config import StudyConfig
+from search.config.choices import SPLIT_PREFIX
 from search.isolate import Outcome
 from search.progress import Display
 from search.storage import open_storage
@@ -44,43 +45,43 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 # ---------------------------------------------------------------- the ranking rule on hand-made vectors
 
 def test_dominated_by_most_earlier_stops():
-    d = snapshots.judge(5, [0.70, 0.90], [[0.80, 0.95], [0.75, 0.92], [0.60, 0.99]], [MAX, MAX])
+    d = epochs.judge(5, [0.70, 0.90], [[0.80, 0.95], [0.75, 0.92], [0.60, 0.99]], [MAX, MAX])
     assert (d.dominated_by, d.compared_with, d.stop) == (2, 3, True)
 
 
 def test_dominated_by_half_goes_on():
     # "More than half": 1 of 2 is not enough, 2 of 2 is.
-    assert not snapshots.judge(5, [0.7, 0.9], [[0.8, 0.95], [0.6, 0.99]], [MAX, MAX]).stop
-    assert snapshots.judge(5, [0.7, 0.9], [[0.8, 0.95], [0.75, 0.91]], [MAX, MAX]).stop
+    assert not epochs.judge(5, [0.7, 0.9], [[0.8, 0.95], [0.6, 0.99]], [MAX, MAX]).stop
+    assert epochs.judge(5, [0.7, 0.9], [[0.8, 0.95], [0.75, 0.91]], [MAX, MAX]).stop
 
 
 def test_too_few_earlier_goes_on():
-    assert not snapshots.judge(5, [0.1, 0.1], [], [MAX, MAX]).stop
-    d = snapshots.judge(5, [0.1, 0.1], [[0.9, 0.9]], [MAX, MAX])
+    assert not epochs.judge(5, [0.1, 0.1], [], [MAX, MAX]).stop
+    d = epochs.judge(5, [0.1, 0.1], [[0.9, 0.9]], [MAX, MAX])
     assert (d.dominated_by, d.stop) == (1, False)
 
 
 def test_directions_are_respected():
     earlier = [[0.2, 0.9], [0.3, 0.95]]
     # Minimizing the first objective, [0.5, 0.8] is worse than both earlier vectors: stop.
-    assert snapshots.judge(5, [0.5, 0.8], earlier, [MIN, MAX]).stop
+    assert epochs.judge(5, [0.5, 0.8], earlier, [MIN, MAX]).stop
     # Maximizing it, [0.5, 0.8] is better on the first and worse on the second: dominated by none.
-    assert snapshots.judge(5, [0.5, 0.8], earlier, [MAX, MAX]).dominated_by == 0
+    assert epochs.judge(5, [0.5, 0.8], earlier, [MAX, MAX]).dominated_by == 0
 
 
 def test_equal_vectors_and_nan_never_dominate():
-    assert not snapshots.dominates([0.5, 0.5], [0.5, 0.5], [MAX, MAX])
-    assert not snapshots.dominates([0.9, math.nan], [0.1, 0.1], [MAX, MAX])
-    assert not snapshots.dominates([0.9, 0.9], [0.1, math.nan], [MAX, MAX])
-    assert not snapshots.judge(5, [math.nan, 0.1], [[0.9, 0.9], [0.8, 0.8]], [MAX, MAX]).stop
+    assert not epochs.dominates([0.5, 0.5], [0.5, 0.5], [MAX, MAX])
+    assert not epochs.dominates([0.9, math.nan], [0.1, 0.1], [MAX, MAX])
+    assert not epochs.dominates([0.9, 0.9], [0.1, math.nan], [MAX, MAX])
+    assert not epochs.judge(5, [math.nan, 0.1], [[0.9, 0.9], [0.8, 0.8]], [MAX, MAX]).stop
 
 
 def test_top_k_by_fronts():
     v = [[0.5, 0.5], [0.9, 0.9], [0.8, 0.95], [0.1, 0.1], [0.85, 0.85]]
-    assert snapshots.fronts(v, [MAX, MAX]) == [[1, 2], [4], [0], [3]]
-    assert snapshots.top_k(v, [MAX, MAX], 3) == [1, 2, 4]
-    assert snapshots.top_k(v, [MAX, MAX], 1) == [1]  # dominates 3 others; trial 2 dominates 3 too, later index
-    assert snapshots.top_k(v, [MIN, MIN], 2) == [3, 0]
+    assert epochs.fronts(v, [MAX, MAX]) == [[1, 2], [4], [0], [3]]
+    assert epochs.top_k(v, [MAX, MAX], 3) == [1, 2, 4]
+    assert epochs.top_k(v, [MAX, MAX], 1) == [1]  # dominates 3 others; trial 2 dominates 3 too, later index
+    assert epochs.top_k(v, [MIN, MIN], 2) == [3, 0]
 
 
 def test_snapshot_epochs_follow_the_distribution():
@@ -120,8 +121,8 @@ def quality(p: dict[str, Any], epoch: int) -> dict[str, float]:
 def fake_runner(spec: dict[str, Any], on_event, timeout) -> Outcome:
     """search.trial.run_trial's contract without Keras: the trial-process side of snapshots is the real one."""
     p = spec["params"]
-    split = metrics.SPLIT_PREFIX[spec["evaluation"]]
-    snaps = snapshots.EpochSnapshots(spec.get("snapshots"))
+    split = SPLIT_PREFIX[spec["evaluation"]]
+    snaps = epochs.EpochSnapshots(spec.get("snapshots"))
     times, curve = [], []
     for epoch in range(1, p["epochs"] + 1):
         times.append(EPOCH_S)
@@ -303,10 +304,10 @@ def test_rung_vectors_come_from_full_trials_and_snapshots(tmp_path):
 
 
 def test_pool_display_skips_snapshots(tmp_path):
-    from search.workers import _adopt_display
+    from search.progress import PoolDisplay
 
     run = Run(tmp_path, make_config())
-    pool = _adopt_display(run.display, 2)
+    pool = PoolDisplay(2, run.display.console)
     pool.start(run.study, 2, run.config.metric_names)
     run.study.enqueue_trial({"dropout": 0.2, "epochs": 3})
     run.study.enqueue_trial({"dropout": 0.3, "epochs": 2})
@@ -338,7 +339,7 @@ def write_features(cache_dir: Path, n: int = 400, dim: int = 24, seed: int = 0) 
 
 
 def recording_trial(spec: dict[str, Any], report) -> dict[str, Any]:
-    """search.trial.run_trial, saving every prediction it makes (in order) to ``spec["record_to"]``."""
+    """search.trial.run_trial, saving every prediction it makes (in order) to $RECORD_PREDICTIONS_TO."""
     from search import head, trial
 
     made = []
@@ -354,7 +355,7 @@ def recording_trial(spec: dict[str, Any], report) -> dict[str, Any]:
         result = trial.run_trial(spec, report)
     finally:
         head.predict = predict
-    np.savez(Path(spec["record_to"]) / f"epochs{spec['params']['epochs']}.npz", *made)
+    np.savez(Path(os.environ["RECORD_PREDICTIONS_TO"]) / f"epochs{spec['params']['epochs']}.npz", *made)
     return result
 
 
@@ -372,7 +373,7 @@ def child_imports_this(monkeypatch):
 
 
 @pytest.mark.parametrize("evaluation", ["test", "validation"])
-def test_snapshot_equals_a_shorter_trial(tmp_path, evaluation, child_imports_this):
+def test_snapshot_equals_a_shorter_trial(tmp_path, evaluation, child_imports_this, monkeypatch):
     """A trial with epochs = 5 and the e = 5 snapshot of a trial with epochs = 8 (same other parameters)
     predict the same and have the same quality objectives."""
     key = write_features(tmp_path / "cache")
@@ -380,7 +381,8 @@ def test_snapshot_equals_a_shorter_trial(tmp_path, evaluation, child_imports_thi
                                        "dropout": {"type": "float", "low": 0.1, "high": 0.7}},
                          evaluation=evaluation)
     run = Run(tmp_path, config, runner=None, cache_dir=tmp_path / "cache", cache_key=key,
-              trial_target=child_imports_this, extra_spec={"record_to": str(tmp_path)})
+              trial_target=child_imports_this)
+    monkeypatch.setenv("RECORD_PREDICTIONS_TO", str(tmp_path))  # the trial processes inherit it
     run.study.enqueue_trial({"epochs": 8, "dropout": 0.3})
     run.study.enqueue_trial({"epochs": 5, "dropout": 0.3})
     run.optimize()

@@ -120,7 +120,7 @@ def test_resuming_with_another_backend_or_settings_is_refused_listing_the_differ
 
 
 def test_a_study_timed_with_another_number_of_steps_per_call_is_not_resumed(storage, tmp_path):
-    """Trials timed one step per call (before search.head.STEPS_PER_CALL was recorded) and trials timed 32 steps
+    """Trials timed one step per call (before search.runtime.STEPS_PER_CALL was recorded) and trials timed 32 steps
     per call would share one train_time_s front: refused, naming the field."""
     config = _config(tmp_path)
     _new(storage, config)  # recorded without train_steps_per_call, as studies were before it existed

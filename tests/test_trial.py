@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import features, metrics
+from search import features
+from search.config.choices import QUALITY
 from search.errors import CacheError
 from search.isolate import run_isolated
+from search.spec import TrialSpec
 from search.trial import curve_first, head_params, run_trial, split_rows
 
 
@@ -34,11 +36,12 @@ def cache(tmp_path_factory) -> tuple[str, str]:
 def spec(cache: tuple[str, str], evaluation: str = "validation", **params) -> dict:
     p = dict(split_ratio=0.8, epochs=3, batch_size=32, learning_rate=3e-3, dropout=0.1, l1=0.0, l2=0.0,
              units=16, balance="balanced", profile="step", rho=4.0, handling="none", focal_gamma=2.0,
-             label_smoothing=0.0)
+             label_smoothing=0.0, augmentation="none")
     p.update(params)
     return {"cache_dir": cache[0], "key": cache[1], "n_classes": 10, "class_names": [f"c{i}" for i in range(10)],
             "params": p, "seed": 0, "reduce_classes": [0, 1, 2], "reduce_fraction": 0.1,
-            "evaluation": evaluation, "validation_fraction": 0.25, "augmentation": {"mode": "none"}}
+            "evaluation": evaluation, "validation_fraction": 0.25, "augmentation": {"mode": "none"},
+            "curve_rows": 0}
 
 
 def _run(s: dict) -> dict:
@@ -53,7 +56,7 @@ def validation_trial(cache) -> dict:
 def test_validation_protocol_names_every_metric_by_its_split(validation_trial):
     r = validation_trial
     assert r["objective_split"] == "validation"
-    for m in metrics.QUALITY:
+    for m in QUALITY:
         assert f"val_{m}" in r and f"test_{m}" in r, m
         assert m not in r  # no unprefixed quality attribute: none can be mistaken for another split's
     # 600 images: 480 training (48/class) -> 360 fit + 120 validation; 120 held-out test
@@ -99,8 +102,7 @@ def test_imbalance_and_its_handling_touch_the_training_rows_only(cache, handling
 
 def test_rows_are_split_without_overlap_and_seeded():
     labels = np.repeat(np.arange(10), 60)
-    s = {"params": {"split_ratio": 0.8, "balance": "imbalanced", "profile": "paper"}, "seed": 0, "n_classes": 10,
-         "reduce_classes": [0, 1, 2], "reduce_fraction": 0.5, "evaluation": "validation", "validation_fraction": 0.25}
+    s = TrialSpec.from_dict({**spec(("unused", "k"), balance="imbalanced", profile="paper"), "reduce_fraction": 0.5})
     split = split_rows(s, labels)
     assert not set(split.fit) & set(split.val) and not set(split.fit) & set(split.test)
     assert not set(split.val) & set(split.test)
@@ -135,8 +137,9 @@ def test_a_curve_on_a_sample_changes_the_curve_only(cache):
 
 
 def test_head_params_take_every_setting_of_the_trial():
-    hp = head_params({"units": 64, "dropout": 0.3, "l1": 1e-5, "l2": 0.0, "learning_rate": 1e-3, "batch_size": 32,
-                      "epochs": 4, "handling": "focal", "focal_gamma": 3.0, "label_smoothing": 0.1})
+    p = TrialSpec.from_dict(spec(("unused", "k"), units=64, dropout=0.3, l1=1e-5, l2=0.0, learning_rate=1e-3,
+                                 batch_size=32, epochs=4, handling="focal", focal_gamma=3.0, label_smoothing=0.1)).params
+    hp = head_params(p)
     assert (hp.units, hp.epochs, hp.handling, hp.focal_gamma, hp.label_smoothing) == (64, 4, "focal", 3.0, 0.1)
     assert hp.one_hot
 

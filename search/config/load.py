@@ -26,6 +26,7 @@ def configs_dir() -> Path:
 
 
 def available_studies(directory: Path | None = None) -> list[str]:
+    """The names of the study configs in ``directory`` (default: ``configs_dir()``)."""
     return sorted(p.stem for p in (directory or configs_dir()).glob("*.toml"))
 
 

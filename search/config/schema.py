@@ -7,10 +7,9 @@ whose entries name searchable settings (``SEARCHABLE``) and replace their fixed
 values per trial, optional named arms (sets of fixed values a grid compares, as
 the paper's per-table settings), objectives, a sampler and run limits.
 
-Every named choice is checked against the registry that owns it
-(``search.data.DATASETS``, ``search.metrics.METRICS``, ...), so a new entry
-there is valid here at once.  Numeric fields have upper bounds wherever a
-larger value would only make a run take days.
+Every named choice is checked against its registry in ``search.config.choices``
+(``DATASETS``, ``METRICS``, ...), so a new entry there is valid here at once.  Numeric
+fields have upper bounds wherever a larger value would only make a run take days.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
+from search.config.choices import (AUGMENTATIONS, DATASETS, EARLY_STOPPING, EVALUATIONS, HANDLINGS, METRICS,
+                                   PREPROCESSINGS, PROFILES, SAMPLERS, stored_name)
 from search.errors import unknown
 
 DAY_S = 86_400.0
@@ -59,8 +60,6 @@ class Dataset(_Frozen):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from search.data import DATASETS
-
         return _registry_check(v, DATASETS, "dataset")
 
 
@@ -74,8 +73,6 @@ class Balance(_Frozen):
     @field_validator("profile")
     @classmethod
     def _known(cls, v: str) -> str:
-        from search.data import PROFILES
-
         return _registry_check(v, PROFILES, "imbalance profile")
 
     @field_validator("reduce_classes")
@@ -95,8 +92,6 @@ class Preprocessing(_Frozen):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from search.features import PREPROCESSINGS
-
         return _registry_check(v, PREPROCESSINGS, "preprocessing")
 
 
@@ -112,9 +107,7 @@ class Augmentation(_Frozen):
     @field_validator("mode")
     @classmethod
     def _known(cls, v: str) -> str:
-        from search.augment import MODES
-
-        return _registry_check(v, MODES, "augmentation mode")
+        return _registry_check(v, AUGMENTATIONS, "augmentation mode")
 
 
 class Backbone(_Frozen):
@@ -154,15 +147,11 @@ class Training(_Frozen):
     @field_validator("handling")
     @classmethod
     def _handling(cls, v: str) -> str:
-        from search.data import HANDLINGS
-
         return _registry_check(v, HANDLINGS, "handling")
 
     @field_validator("evaluation")
     @classmethod
     def _evaluation(cls, v: str) -> str:
-        from search.data import EVALUATIONS
-
         return _registry_check(v, EVALUATIONS, "evaluation")
 
 
@@ -275,8 +264,6 @@ class Objective(_Frozen):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        from search.metrics import METRICS
-
         return _registry_check(v, METRICS, "metric")
 
 
@@ -287,8 +274,6 @@ class Sampler(_Frozen):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from search.samplers import SAMPLERS
-
         return _registry_check(v, SAMPLERS, "sampler")
 
 
@@ -328,12 +313,13 @@ class Run(_Frozen):
     @field_validator("early_stopping")
     @classmethod
     def _known(cls, v: str) -> str:
-        from search.snapshots import EARLY_STOPPING
-
         return _registry_check(v, EARLY_STOPPING, "early stopping")
 
 
 class StudyConfig(_Frozen):
+    """One study's config, loaded once from ``study_configs/NAME.toml`` and frozen: its fixed settings, its
+    search space (Optuna's vocabulary), arms, objectives, constraints, sampler and run limits."""
+
     name: str
     description: str = ""
     dataset: Dataset
@@ -386,8 +372,6 @@ class StudyConfig(_Frozen):
         if self.arms and "arm" not in self.search_space:
             raise FieldError(("search_space",), "arms are defined but search_space has no `arm` entry "
                                                 "(e.g. arm = { type = \"categorical\", choices = [...] })")
-        from search.data import DATASETS
-
         n_classes = DATASETS[self.dataset.name].n_classes
         bad = [c for c in self.balance.reduce_classes if c >= n_classes]
         if bad:
@@ -494,8 +478,6 @@ class StudyConfig(_Frozen):
     @property
     def metric_names(self) -> list[str]:
         """The objectives' stored names, each saying its split (``val_accuracy``, ``train_time_s``)."""
-        from search.metrics import stored_name
-
         return [stored_name(o.metric, self.objective_split) for o in self.objectives]
 
     def with_weights(self, weights: str) -> StudyConfig:

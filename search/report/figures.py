@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from search.metrics import curve_sample_note
-from search.report.load import SPLIT_PREFIX, StudyData
+from search.report.load import ATTR_PREFIX, StudyData
 
 REGULARIZATION = ("l1", "l2", "dropout")
 MAX_SETTINGS = 40  # bars in the regularization chart; beyond, the best by accuracy
@@ -279,7 +279,7 @@ def learning_curves(d: StudyData):
                      label=f"trial {t.number}")
         acc = h.get("accuracy") or []
         ax_acc.plot(range(1, len(acc) + 1), acc, color=c, marker=".", gid=f"trial-{t.number}-accuracy")
-        for split, prefix in SPLIT_PREFIX.items():
+        for split, prefix in ATTR_PREFIX.items():
             ev = h.get(f"{prefix}accuracy")
             if ev:
                 splits.add(split)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from search.config.choices import SPLIT_PREFIX
 from search.errors import UsageError
 
-SPLIT_PREFIX = {"validation": "val_", "test": "test_"}
+# What a split's quality attributes start with: "val_", "test_".
+ATTR_PREFIX = {split: f"{prefix}_" for split, prefix in SPLIT_PREFIX.items()}
 OBJECTIVE_SPLIT_ATTR = "search:objective_split"
 DATA_ATTR = "search:data"
 # The unprefixed quality names trials wrote before every metric carried its split.  A frozen list:
@@ -55,7 +56,7 @@ def open_study(study_name: str, storage: Any):
 def split_of(user_attrs: dict[str, Any], default: str) -> str:
     """The split a trial's objectives were measured on: its own record, else ``default``."""
     split = user_attrs.get("objective_split") or user_attrs.get("evaluation") or default
-    return split if split in SPLIT_PREFIX else default
+    return split if split in ATTR_PREFIX else default
 
 
 def normalized(user_attrs: dict[str, Any], split: str) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def normalized(user_attrs: dict[str, Any], split: str) -> dict[str, Any]:
     ``<prefix><name>`` for the trial's objective split, unless that name is already there.
     """
     out = dict(user_attrs)
-    prefix = SPLIT_PREFIX[split]
+    prefix = ATTR_PREFIX[split]
     for name in LEGACY_QUALITY:
         if name in out:
             value = out.pop(name)
@@ -75,7 +76,7 @@ def normalized(user_attrs: dict[str, Any], split: str) -> dict[str, Any]:
 
 def qualified(name: str, split: str) -> str:
     """A metric name with its split prefix (``accuracy`` -> ``test_accuracy``); others unchanged."""
-    return SPLIT_PREFIX[split] + name if name in LEGACY_QUALITY else name
+    return ATTR_PREFIX[split] + name if name in LEGACY_QUALITY else name
 
 
 def number(v: Any) -> float | None:
@@ -117,7 +118,7 @@ class StudyData:
 
     @property
     def prefix(self) -> str:
-        return SPLIT_PREFIX[self.objective_split]
+        return ATTR_PREFIX[self.objective_split]
 
     def attrs(self, t: Any) -> dict[str, Any]:
         """Trial ``t``'s user attributes, quality metrics split-prefixed."""
@@ -185,7 +186,7 @@ def study_split(study: Any, trials: list[Any], config: dict[str, Any]) -> str:
     for split in (study.user_attrs.get(OBJECTIVE_SPLIT_ATTR),
                   *(t.user_attrs.get("objective_split") for t in trials),
                   (config.get("training") or {}).get("evaluation")):
-        if split in SPLIT_PREFIX:
+        if split in ATTR_PREFIX:
             return split
     return "test"
 

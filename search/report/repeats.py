@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from search.report import figures
-from search.report.load import SPLIT_PREFIX, StudyData, qualified
+from search.report.load import ATTR_PREFIX, StudyData, qualified
 
 
 def confirmed(d: StudyData) -> dict[str, Any] | None:
@@ -39,7 +39,7 @@ def entries(conf: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def repeat_metrics(d: StudyData, conf: dict[str, Any]) -> list[str]:
     """The quality objectives, then their held-out test_* twins: what a claim is about."""
     present = {m for _, e in entries(conf) for m in e["metrics"]}
-    prefixes = tuple(SPLIT_PREFIX.values())
+    prefixes = tuple(ATTR_PREFIX.values())
     quality = [m for m in d.objective_names if m.startswith(prefixes)]
     if not quality:
         quality = [d.prefix + m for m in ("accuracy", "roc_auc")]
@@ -106,7 +106,7 @@ def figure(d: StudyData, conf: dict[str, Any], metrics: list[str]):
 
 def markdown(d: StudyData, conf: dict[str, Any], metrics: list[str], png: Path | None) -> list[str]:
     """The "Repeats" section of summary.md (also printed by the command line)."""
-    from search.confirm import interval
+    from search.repeats import interval
     from search.repeats import differences
     from search.report.markdown import md_table
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from search.report.load import SPLIT_PREFIX, StudyData
+from search.report.load import ATTR_PREFIX, StudyData
 
 # Written as their own columns (fail_reason) or expanded per class (the recall lists).
 _OWN_COLUMNS = {"fail_reason"}
@@ -35,7 +35,7 @@ def attr_columns(d: StudyData, trials: list[Any]) -> list[str]:
         for k, v in d.attrs(t).items():
             if isinstance(v, (bool, int, float, str)) and k not in _OWN_COLUMNS and k not in d.objective_names:
                 seen.setdefault(k, None)
-    prefixes = tuple(SPLIT_PREFIX.values())
+    prefixes = tuple(ATTR_PREFIX.values())
     groups = [[k for k in seen if k.startswith(p)] for p in prefixes]
     return [*groups[0], *groups[1], *(k for k in seen if not k.startswith(prefixes))]
 
@@ -43,7 +43,7 @@ def attr_columns(d: StudyData, trials: list[Any]) -> list[str]:
 def recall_columns(d: StudyData, trials: list[Any]) -> list[tuple[str, str, int]]:
     """(column, attribute, index) of each split's per-class recall, columns named by class."""
     out = []
-    for prefix in SPLIT_PREFIX.values():
+    for prefix in ATTR_PREFIX.values():
         attr = f"{prefix}per_class_recall"
         n = max((len(d.attrs(t).get(attr) or []) for t in trials), default=0)
         names = d.class_names if len(d.class_names) == n else [str(i) for i in range(n)]

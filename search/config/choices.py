@@ -1,0 +1,136 @@
+"""Every named choice a config can make, with what validation, the catalog and the report need to know of it.
+
+The config layer imports nothing else of the service, so the names live here; the
+implementations sit beside their behaviour, in dicts keyed by the same names:
+
+=================  =====================================  ==============================
+choice             names (here)                           implementations
+=================  =====================================  ==============================
+dataset            ``DATASETS``                           ``search.data.LOADERS``
+imbalance profile  ``PROFILES``                           ``search.data.PROFILE_RULES``
+handling           ``HANDLINGS`` (loss or data)           ``search.head.LOSSES``, ``search.data.RESAMPLERS``
+preprocessing      ``PREPROCESSINGS``                     ``search.features.PREPROCESS``
+augmentation mode  ``AUGMENTATIONS``                      ``search.augment.TRAINING_INPUTS`` (and "none")
+sampler            ``SAMPLERS``                           ``search.samplers.FACTORIES``
+Keras backend      ``BACKENDS`` (the package to import)   ``search.runtime``
+=================  =====================================  ==============================
+
+A test per registry checks that the two key sets agree (tests/test_choices.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    class_names: tuple[str, ...]
+    doc: str
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+DATASETS: dict[str, DatasetChoice] = {
+    "fashion_mnist": DatasetChoice(
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        "70,000 28x28 grayscale images (Debian dataset-fashion-mnist, the Keras cache, or a Keras download)"),
+    "cifar10": DatasetChoice(
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        "60,000 32x32 colour images (cifar-10-batches-py via --data-dir, the Keras cache, or a Keras download)"),
+}
+
+# How an imbalanced training part is made.
+PROFILES: dict[str, str] = {
+    "paper": "reduce_classes lose round(reduce_fraction * n_c) samples (the paper's imbalance)",
+    "long_tail": "class i keeps floor(n_i * rho^(-i/(C-1))): exponential decay to 1/rho",
+    "step": "classes C//2 .. C-1 keep floor(n_i / rho)",
+}
+
+
+@dataclass(frozen=True)
+class HandlingChoice:
+    changes: Literal["loss", "data"]  # "loss": search.head.LOSSES; "data": the training rows (search.data.RESAMPLERS)
+    doc: str
+
+
+HANDLINGS: dict[str, HandlingChoice] = {
+    "none": HandlingChoice("loss", "plain cross-entropy"),
+    "class_weight": HandlingChoice("loss", "cross-entropy weighted by scikit-learn's 'balanced' class weights"),
+    "focal": HandlingChoice("loss", "focal loss with gamma focal_gamma"),
+    "oversample": HandlingChoice("data", "imbalanced-learn RandomOverSampler on the cached training features"),
+    "smote": HandlingChoice("data", "imbalanced-learn SMOTE on the cached training features"),
+}
+
+EVALUATIONS: dict[str, str] = {
+    "validation": "objectives on a stratified, seeded validation_fraction of the training part; the held-out "
+                  "test split's metrics are stored as test_* and never reach the sampler",
+    "test": "objectives on the held-out test split (the paper's protocol)",
+}
+
+PREPROCESSINGS: dict[str, str] = {
+    "unit": "pixels scaled to [0, 1] (the paper's)",
+    "caffe": "BGR, ImageNet-mean-subtracted 0-255 (what Keras' ImageNet ResNet50 was trained on)",
+}
+
+AUGMENTATIONS: dict[str, str] = {
+    "none": "no augmentation: the plain feature cache",
+    "views": "V augmented views of every image extracted once; each epoch draws one view per training row",
+    "online": "the frozen backbone in the loop, augmentation per batch (the paper's way; slow)",
+}
+
+SAMPLERS: dict[str, str] = {
+    "tpe": "Optuna's multi-objective TPE (the default)",
+    "random": "independent random draws",
+    "grid": "every point of the grid exactly once (failed points retried with the same parameters)",
+    "nsga2": "NSGA-II genetic algorithm",
+    "qmc": "quasi-Monte Carlo (Sobol)",
+}
+
+EARLY_STOPPING: dict[str, str] = {
+    "none": "every trial trains its full number of epochs",
+    "moasha": "at each rung, a trial whose snapshot is dominated (on the quality objectives) by more than half "
+              "of the earlier trials' snapshots at that rung stops; it is recorded PRUNED with its rung",
+}
+
+# Keras backend -> the package that provides it.
+BACKENDS: dict[str, str] = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: Literal["quality", "resource"]  # quality: measured on a split, stored as val_<name>; resource: per trial
+    direction: Literal["maximize", "minimize"]
+    doc: str
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric("quality", "maximize", "fraction of correct predictions"),
+    "balanced_accuracy": Metric("quality", "maximize", "mean per-class recall"),
+    "precision": Metric("quality", "maximize", "macro precision"),
+    "recall": Metric("quality", "maximize", "macro recall"),
+    "f1": Metric("quality", "maximize", "macro F1"),
+    "roc_auc": Metric("quality", "maximize", "macro one-vs-rest ROC AUC of the predicted probabilities"),
+    "roc_auc_hard": Metric("quality", "maximize",
+                           "macro one-vs-rest ROC AUC of one-hot argmax predictions (the paper's Table 7 'ROC')"),
+    "worst_class_recall": Metric("quality", "maximize", "recall of the worst class"),
+    "reduced_recall": Metric("quality", "maximize", "mean recall of the classes the imbalance profile reduces"),
+    "train_time_s": Metric("resource", "minimize", "wall seconds of the whole fit (per-epoch evaluation excluded)"),
+    "epoch_time_s": Metric("resource", "minimize", "wall seconds of a steady epoch (compilation excluded)"),
+    "cpu_time_s": Metric("resource", "minimize", "CPU seconds of the trial process"),
+    "test_time_s": Metric("resource", "minimize", "wall seconds to predict the held-out test split"),
+    "peak_memory_mb": Metric("resource", "minimize", "resident-memory high-water mark of the trial process"),
+    "trial_memory_mb": Metric("resource", "minimize",
+                              "peak_memory_mb minus the process's baseline before the trial's work"),
+}
+QUALITY = tuple(name for name, m in METRICS.items() if m.kind == "quality")
+# The prefix of a quality metric's stored name per split: val_accuracy, test_accuracy.
+SPLIT_PREFIX = {"validation": "val", "test": "test"}
+
+
+def stored_name(metric: str, split: str) -> str:
+    """The attribute (and objective) name of ``metric`` measured on ``split``: ``val_accuracy``, ``train_time_s``."""
+    return f"{SPLIT_PREFIX[split]}_{metric}" if METRICS[metric].kind == "quality" else metric

@@ -1,0 +1,37 @@
+"""search.config.choices: every named choice, and the implementations keyed by the same names agree with it."""
+
+import pytest
+
+from search import augment, data, features, head, samplers
+from search.config import choices
+
+
+@pytest.mark.parametrize("names, implementations", [
+    (choices.DATASETS, data.LOADERS),
+    (choices.PROFILES, data.PROFILE_RULES),
+    (choices.PREPROCESSINGS, features.PREPROCESS),
+    (choices.SAMPLERS, samplers.FACTORIES),
+], ids=["datasets", "profiles", "preprocessings", "samplers"])
+def test_each_registry_has_one_implementation_per_name(names, implementations):
+    assert set(implementations) == set(names)
+
+
+def test_every_handling_is_a_loss_or_a_resampler_as_its_choice_says():
+    loss = {k for k, h in choices.HANDLINGS.items() if h.changes == "loss"}
+    rows = {k for k, h in choices.HANDLINGS.items() if h.changes == "data"}
+    assert set(head.LOSSES) == loss and set(data.RESAMPLERS) == rows
+
+
+def test_every_augmentation_mode_but_none_brings_its_training_input():
+    assert set(augment.TRAINING_INPUTS) == set(choices.AUGMENTATIONS) - {"none"}
+
+
+def test_every_metric_has_a_kind_and_a_direction_and_quality_is_stored_per_split():
+    assert {m.kind for m in choices.METRICS.values()} == {"quality", "resource"}
+    assert all(m.direction in ("maximize", "minimize") and m.doc for m in choices.METRICS.values())
+    assert choices.stored_name("accuracy", "test") == "test_accuracy"
+    assert set(choices.SPLIT_PREFIX) == set(choices.EVALUATIONS)
+
+
+def test_every_dataset_names_its_classes():
+    assert all(d.n_classes == len(set(d.class_names)) >= 2 for d in choices.DATASETS.values())
