@@ -35,7 +35,8 @@ from search import study as st
 from search.config import StudyConfig, check_study_name, differences, safe_name, study_identity
 from search.config import load_config as _load_config
 from search.config.choices import DATASETS
-from search.errors import DataError, DriftError, Interrupted, SearchError, TrialFailed, UsageError
+from search.config.schema import FieldError
+from search.errors import ConfigError, DataError, DriftError, Interrupted, SearchError, TrialFailed, UsageError
 from search.runtime import extraction_backend, resolve_backend, runtime_identity
 from search.spec import TrialSpec
 
@@ -109,6 +110,7 @@ class Search:
                                            else default_study_name(self.config.name, self.weights))
         self.url = sto.check_url(sto.storage_url(self.storage))
         self.cache_dir = Path(self.cache_dir or features.default_cache_dir()).resolve()
+        self.location = data.location(self.config.dataset.name, self.config.dataset.path, self.data_dir)
         self.target = samplers.target(self.config)
 
     # ------------------------------------------------------------ stages (each runs once)
@@ -130,10 +132,12 @@ class Search:
         if "data" not in self._state:
             self.check()
             c = self.config
-            pooled = data.load_pooled(c.dataset.name, self.data_dir, c.dataset.subset)
-            info = DATASETS[c.dataset.name]
-            d = Data(pooled.source, int(len(pooled.labels)), info.class_names,
-                     data.class_counts(pooled.labels, info.n_classes), pooled.fingerprint())
+            pooled = data.load_pooled(c.dataset.name, self.location, c.dataset.subset)
+            names = data.class_names(c.dataset.name, pooled)
+            if pooled.class_names is not None:  # a user's own data: what the config could not check at load
+                _check_user_classes(c, pooled, names)
+            d = Data(pooled.source, int(len(pooled.labels)), names, data.class_counts(pooled.labels, len(names)),
+                     pooled.fingerprint())
             self.cache_key = features.study_key(c, self.resolved_weights, d.fingerprint, self.runtime)
             self.identity = study_identity(c, self.resolved_weights.identity, d.fingerprint, self.runtime)
             self.on_message(f"data: {c.dataset.name} from {d.source}, {d.n_images} images, classes "
@@ -222,13 +226,13 @@ class Search:
 
     def _ensure_features(self, fingerprint: str) -> dict[str, Any]:
         c, w = self.config, self.resolved_weights
-        plain = features.job_spec(c, w, self.data_dir)
+        plain = features.job_spec(c, w, self.location)
         entries = [(self.cache_key, self._builder("search.features:extract_job", plain, "features", self.cache_key))]
         views_key = None
         if "views" in augment.modes_used(c):
             views_key = augment.view_key(c, w, fingerprint, self.runtime)
             entries.append((views_key, self._builder("search.features:extract_views_job",
-                                                     augment.views_job_spec(c, w, self.data_dir),
+                                                     augment.views_job_spec(c, w, self.location),
                                                      f"{c.augmentation.views} augmented views", views_key)))
         for entry, build in entries:
             with warnings.catch_warnings(record=True) as caught:
@@ -237,7 +241,7 @@ class Search:
             for w_ in caught:
                 self.on_message(f"warning: {w_.message}")
         return augment.extra_spec(c, views_key=views_key, weights=w, fingerprint=fingerprint,
-                                  data_dir=self.data_dir)
+                                  data_dir=self.location)
 
     def _builder(self, target: str, spec: dict[str, Any], what: str, entry: str) -> Callable[[Path], None]:
         def build(tmp: Path) -> None:
@@ -247,6 +251,14 @@ class Search:
             self.on_message(f"{what} cached in {self.cache_dir / entry} (extraction "
                             f"{time.perf_counter() - start:.1f} s, peak memory {outcome.peak_memory_mb:.0f} MB)")
         return build
+
+
+def _check_user_classes(config: StudyConfig, pooled: data.Pooled, names: tuple[str, ...]) -> None:
+    try:
+        config.check_classes(len(names), pooled.source)
+    except FieldError as e:
+        raise ConfigError(f"study {config.name}: {'.'.join(map(str, e.loc))}: {e.msg}") from None
+    data.check_class_sizes(pooled, names, config.min_class_images())
 
 
 def default_study_name(config_name: str, weights: str | None) -> str:
@@ -337,10 +349,11 @@ def _recorded_context(study: optuna.Study, cache_dir: Path, debug: bool) -> tupl
                             f"run search.run for it with the same --cache-dir first") from None
     online_weights = features.resolve_weights(config.backbone.weights) if "online" in modes else weights
     extra = augment.extra_spec(config, views_key=views_key, weights=online_weights, fingerprint=fingerprint,
-                               data_dir=None)
-    info = DATASETS[config.dataset.name]
-    ctx = objective.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=info.n_classes,
-                            class_names=info.class_names, target=0, debug=debug, extra_spec=extra)
+                               data_dir=data.location(config.dataset.name, config.dataset.path, None))
+    names = tuple(study.user_attrs.get("search:data", {}).get("class_names") or
+                  DATASETS[config.dataset.name].class_names)
+    ctx = objective.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=len(names),
+                            class_names=names, target=0, debug=debug, extra_spec=extra)
     return ctx, runtime
 
 

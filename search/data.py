@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -19,8 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search.config.choices import EVALUATIONS
-from search.errors import DataError, TrialFailed, unknown
+from search import user_data
+from search.config.choices import DATASETS, EVALUATIONS
+from search.errors import BadData, DataError, TrialFailed, UsageError, unknown
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = (
@@ -42,17 +44,21 @@ CIFAR_MD5 = {
 
 @dataclass(frozen=True)
 class Pooled:
-    """Official train and test sets concatenated, in that order."""
+    """Official train and test sets concatenated, in that order (a user's own data: as read)."""
 
     images: np.ndarray
     labels: np.ndarray
     source: str  # where the files were read from, or "keras download"
+    class_names: tuple[str, ...] | None = None  # a user's own data: read from it (built-ins: the registry's)
 
     def fingerprint(self) -> str:
+        """The data's content: images, labels and (a user's own data) class names."""
         h = hashlib.sha256()
         h.update(str(self.images.shape).encode())
         h.update(np.ascontiguousarray(self.images).data)
         h.update(self.labels.astype(np.int64).data)
+        if self.class_names is not None:
+            h.update(json.dumps(list(self.class_names)).encode())
         return h.hexdigest()[:16]
 
 
@@ -163,26 +169,71 @@ def _first_found(name: str, places: list[Path], files: tuple[str, ...],
     raise DataError(f"{name} not found (looked in {looked}; {reason}): {how}")
 
 
-# The reader of each dataset of search.config.choices.DATASETS (which holds its class names).
+def load_folder(path: Path | None) -> Pooled:
+    x, y, names = user_data.read_folder(_given(path, "folder"))
+    return Pooled(x, y, str(path), names)
+
+
+def load_npz(path: Path | None) -> Pooled:
+    x, y, names = user_data.read_npz(_given(path, "npz"))
+    return Pooled(x, y, str(path), names)
+
+
+def _given(path: Path | None, name: str) -> Path:
+    if path is None:
+        raise BadData(f"dataset.path: dataset {name!r} needs the path of your data")
+    return path
+
+
+# The reader of each dataset of search.config.choices.DATASETS: of a built-in dataset, from ``--data-dir`` or its
+# usual places; of a user's own, from its ``[dataset] path`` (``location``).
 LOADERS: dict[str, Callable[[Path | None], Pooled]] = {
     "fashion_mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
+    "folder": load_folder,
+    "npz": load_npz,
 }
+
+
+def location(name: str, path: str | None, data_dir: Path | None) -> Path | None:
+    """Where dataset ``name`` is read from: a user's own data from its ``path`` (made absolute), a built-in one
+    from ``data_dir`` (None: its usual places)."""
+    if not DATASETS[name].needs_path:
+        return data_dir
+    if data_dir is not None:
+        raise UsageError(f"--data-dir: dataset {name!r} is read from its [dataset] path, not from --data-dir")
+    return Path(path).expanduser().resolve() if path else None
+
+
+def class_names(name: str, pooled: Pooled) -> tuple[str, ...]:
+    """The class names of a dataset: a user's own data's, else the registry's."""
+    return pooled.class_names or DATASETS[name].class_names
+
+
+def check_class_sizes(pooled: Pooled, names: tuple[str, ...], need: int) -> None:
+    """Every class must have ``need`` images (what the study's splits need to give each part one)."""
+    counts = np.bincount(pooled.labels, minlength=len(names))
+    small = int(np.argmin(counts))
+    if counts[small] < need:
+        raise BadData(f"{pooled.source}: class {names[small]!r} has {counts[small]} image(s); the study's splits "
+                      f"need at least {need} per class (split_ratio and validation_fraction give each part one)")
 
 
 def load_pooled(name: str, data_dir: Path | None = None, subset: int = 0, seed: int = 0) -> Pooled:
     """The pooled dataset, or a stratified seeded slice of ``subset`` images of it."""
     if name not in LOADERS:
         raise DataError(unknown("dataset", name, LOADERS))
-    if data_dir is not None and not data_dir.is_dir():
+    if data_dir is not None and not data_dir.is_dir() and not DATASETS[name].needs_path:
         raise DataError(f"data directory {data_dir} is not a directory")
     pooled = LOADERS[name](data_dir)
     if subset:
         if subset >= len(pooled.labels):
             raise DataError(f"dataset.subset: {subset} is not below the {len(pooled.labels)} images of {name}")
+        if pooled.class_names is not None:  # a stratified slice needs 2 images of every class
+            check_class_sizes(pooled, pooled.class_names, 2)
         idx, _ = split_indices(pooled.labels, subset / len(pooled.labels), seed)
         idx = np.sort(idx)
-        pooled = Pooled(pooled.images[idx], pooled.labels[idx], pooled.source)
+        pooled = Pooled(pooled.images[idx], pooled.labels[idx], pooled.source, pooled.class_names)
     return pooled
 
 

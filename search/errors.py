@@ -30,6 +30,12 @@ class DataError(SearchError):
     """A dataset that cannot be found or read."""
 
 
+class BadData(DataError):
+    """A user's own dataset that cannot be used as given (no such path, one class, an unreadable image)."""
+
+    exit_code = 2
+
+
 class WeightsError(SearchError):
     """Backbone weights that cannot be had (offline ImageNet, missing file)."""
 

@@ -165,6 +165,42 @@ def write_cifar_dir(d: Path, per_batch: int = 20, seed: int = 0) -> Path:
     return d
 
 
+# A user's own data: 3 classes of distinct patterns (a head on random-weight ResNet50 features separates them).
+USER_CLASSES = ("checks", "horizontal", "vertical")
+
+
+def pattern_images(n_per_class: int, size: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, size, size) uint8 images and labels: checks, horizontal stripes, vertical stripes, plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    bases = [((xx // 4) + (yy // 4)) % 2, (yy // 3) % 2, (xx // 3) % 2]
+    labels = np.repeat(np.arange(len(bases)), n_per_class)
+    images = np.stack([bases[c] * 190 + rng.integers(0, 50, (size, size)) for c in labels]).astype(np.uint8)
+    return images, labels
+
+
+def write_image_folder(d: Path, n_per_class: int = 30, seed: int = 0) -> Path:
+    """Keras' image-folder layout of ``pattern_images``: PNGs in grayscale, RGB and RGBA, a few 20x20 among 28x28."""
+    from PIL import Image
+
+    images, labels = pattern_images(n_per_class, seed=seed)
+    for i, (img, c) in enumerate(zip(images, labels)):
+        folder = d / USER_CLASSES[c]
+        folder.mkdir(parents=True, exist_ok=True)
+        im = Image.fromarray(img).convert(("L", "RGB", "RGBA")[i % 3])
+        (im.resize((20, 20)) if i % 7 == 0 else im).save(folder / f"{i:04d}.png")
+    return d
+
+
+def write_npz(path: Path, n_per_class: int = 30, seed: int = 0, **arrays: Any) -> Path:
+    """``pattern_images`` as an .npz (x, y, class_names); ``arrays`` replace or add arrays (None: leave it out)."""
+    images, labels = pattern_images(n_per_class, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"x": images, "y": labels, "class_names": np.array(USER_CLASSES), **arrays}
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
 TINY_CONFIG = """
 [dataset]
 name = "fashion_mnist"

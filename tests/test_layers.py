@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("config",),                                        # names and schema
     ("runtime", "isolate", "signals"),                  # what every process needs
-    ("data",),
+    ("data", "user_data"),
     ("features",),
     ("spec", "head", "augment", "metrics", "epochs"),   # the trial's contract; training and measuring a head
     ("trial", "pictures"),                              # the trial process: no Optuna

@@ -26,12 +26,13 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class DatasetChoice:
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...] | None   # None: a user's own data, whose classes are read from the data
     doc: str
+    needs_path: bool = False              # read from ``[dataset] path``, not from --data-dir
 
     @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
+    def n_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
 
 
 DATASETS: dict[str, DatasetChoice] = {
@@ -41,6 +42,12 @@ DATASETS: dict[str, DatasetChoice] = {
     "cifar10": DatasetChoice(
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         "60,000 32x32 colour images (cifar-10-batches-py via --data-dir, the Keras cache, or a Keras download)"),
+    "folder": DatasetChoice(
+        None, "your images: `path` to a folder with one subfolder per class (PNG, JPEG, BMP, GIF; classes "
+              "sorted by name)", needs_path=True),
+    "npz": DatasetChoice(
+        None, "your arrays: `path` to an .npz with `x` (N x H x W [x C], uint8 or floats in [0, 1]), `y` (N integer "
+              "labels) and optionally `class_names`", needs_path=True),
 }
 
 # How an imbalanced training part is made.

@@ -20,6 +20,7 @@ from typing import Any
 # Per section, the settings added after the first studies were stored and the values that reproduce the
 # behaviour from before; when all of a section's are at those values they are left out of the identity.
 LEGACY: dict[str, dict[str, Any]] = {
+    "dataset": {"path": None},
     "balance": {"profile": "paper", "rho": 10.0},
     "training": {"handling": "none", "focal_gamma": 2.0, "label_smoothing": 0.0, "evaluation": "test",
                  "validation_fraction": 0.2},

@@ -56,6 +56,8 @@ class Dataset(_Frozen):
     name: str
     # 0 means the whole pooled dataset; N > 0 a stratified, seeded slice of N images.
     subset: Int = Field(0, ge=0)
+    # A user's own data ("folder", "npz"): where they are, relative to the directory the command runs in.
+    path: str | None = Field(None, min_length=1)
 
     @field_validator("name")
     @classmethod
@@ -372,15 +374,36 @@ class StudyConfig(_Frozen):
         if self.arms and "arm" not in self.search_space:
             raise FieldError(("search_space",), "arms are defined but search_space has no `arm` entry "
                                                 "(e.g. arm = { type = \"categorical\", choices = [...] })")
-        n_classes = DATASETS[self.dataset.name].n_classes
-        bad = [c for c in self.balance.reduce_classes if c >= n_classes]
-        if bad:
-            raise FieldError(("balance", "reduce_classes"),
-                             f"class {bad[0]} does not exist in {self.dataset.name} (classes 0-{n_classes - 1})")
+        self._check_path()
         self._check_grid()
         self._check_run()
-        self._check_sizes(n_classes)
+        n_classes = DATASETS[self.dataset.name].n_classes
+        if n_classes is not None:  # a user's own data: checked when they are read (search.api)
+            self.check_classes(n_classes, self.dataset.name)
+            self._check_sizes(n_classes)
         return self
+
+    def _check_path(self) -> None:
+        d = self.dataset
+        if DATASETS[d.name].needs_path and d.path is None:
+            raise FieldError(("dataset", "path"), f"dataset {d.name!r} reads your data from path; set "
+                                                  f"path = \"{'DIR' if d.name == 'folder' else 'FILE.npz'}\"")
+        if d.path is not None and not DATASETS[d.name].needs_path:
+            readers = ", ".join(n for n, c in DATASETS.items() if c.needs_path)
+            raise FieldError(("dataset", "path"), f"only {readers} take a path; {d.name} is read from --data-dir "
+                                                  f"or its usual places")
+
+    def check_classes(self, n_classes: int, where: str) -> None:
+        """The paper profile's minority classes must exist in the data."""
+        if bad := [c for c in self.balance.reduce_classes if c >= n_classes]:
+            raise FieldError(("balance", "reduce_classes"),
+                             f"class {bad[0]} does not exist in {where} (classes 0-{n_classes - 1})")
+
+    def min_class_images(self) -> int:
+        """The fewest images a class needs so that every part of every split the study can make gets one."""
+        vf = self.training.validation_fraction if self.training.evaluation == "validation" else 0.0
+        shares = [min(1 - r, r * (1 - vf), *([r * vf] if vf else [])) for r in self.values_of("split_ratio")]
+        return max(2, math.ceil(1 / min(shares) - 1e-9))
 
     def values_of(self, name: str) -> list[Any]:
         """Every value (range ends, choices, arms' values, the fixed one) a searchable setting can take."""
