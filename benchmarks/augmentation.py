@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search import augment, data, features
+from search import augment, backbones, data, features
 from search.runtime import extraction_backend, runtime_identity
 from search.config.choices import DATASETS
 from search.config import SEARCHABLE, StudyConfig, load_config
@@ -123,7 +123,7 @@ def _extract(target: str, spec: dict[str, Any], cache_dir: Path, key: str, n_ima
 def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     start_load = [round(x, 2) for x in os.getloadavg()]
     base = load_config(BASE_STUDY)
-    weights = features.resolve_weights(a.weights)
+    weights = backbones.resolve_weights(a.weights)
     runtime = runtime_identity("jax")
     pooled = data.load_pooled("fashion_mnist", a.data_dir, a.subset)
     fingerprint = pooled.fingerprint()

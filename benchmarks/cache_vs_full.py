@@ -108,11 +108,11 @@ def loop_rate(spec: dict[str, Any], report) -> dict[str, Any]:
     """
     import keras
 
-    from search import data, features, head
+    from search import backbones, data, head
 
     pooled = data.load_pooled("fashion_mnist", spec.get("data_dir"), spec["images"])
-    x = features.to_backbone_input(pooled.images, "unit")  # preprocessing outside the timed part, as extraction
-    backbone = features.build_backbone(features.resolve_weights("random"))
+    x = backbones.to_backbone_input(pooled.images, "unit")  # preprocessing outside the timed part, as extraction
+    backbone = backbones.build_backbone(backbones.resolve_weights("random"))
     p = _params(spec["epochs"], spec.get("units", 1024))
     model = head.full_model(backbone, head.build_head(backbone.output_shape[-1], 10, p, spec["seed"]))
     report(stage="backbone in the loop", rows=len(x))
@@ -138,7 +138,7 @@ def equivalence(spec: dict[str, Any], report) -> dict[str, Any]:
     import keras
     import numpy as np
 
-    from search import data, features, head, metrics
+    from search import backbones, data, features, head, metrics
 
     seed = spec["seed"]
     pooled = data.load_pooled("fashion_mnist", spec.get("data_dir"), spec["subset"])
@@ -154,10 +154,10 @@ def equivalence(spec: dict[str, Any], report) -> dict[str, Any]:
     p_cached, _ = head.predict(cached, np.asarray(xf[te], np.float32))
 
     report(stage="backbone in the loop")
-    backbone = features.build_backbone(features.resolve_weights("random"))
+    backbone = backbones.build_backbone(backbones.resolve_weights("random"))
     full = head.full_model(backbone, head.build_head(xf.shape[1], 10, p, seed))
-    head.fit(full, features.to_backbone_input(pooled.images[tr], "unit"), y[tr], p, seed)
-    p_loop, _ = head.predict(full, features.to_backbone_input(pooled.images[te], "unit"), batch_size=256)
+    head.fit(full, backbones.to_backbone_input(pooled.images[tr], "unit"), y[tr], p, seed)
+    p_loop, _ = head.predict(full, backbones.to_backbone_input(pooled.images[te], "unit"), batch_size=256)
 
     same = float(np.mean(p_cached.argmax(1) == p_loop.argmax(1)))
     return {"backend": keras.backend.backend(), "n_train": int(len(tr)), "n_test": int(len(te)),

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from search import data, features
+from search import backbones, data, features
 from search.errors import MissingExtra, require_modules
 from search.isolate import run_isolated
 
@@ -172,7 +172,7 @@ def ensure_features(cache_dir: Path, subset: int, dataset: str = "fashion_mnist"
                     data_dir: Path | None = None) -> Cached:
     """Cached random-weight ResNet50 features of a Fashion-MNIST slice (0: all 70,000), built as the service does."""
     pooled = data.load_pooled(dataset, data_dir, subset)
-    weights = features.resolve_weights("random")
+    weights = backbones.resolve_weights("random")
     key = features.cache_key(dataset, subset, "unit", "bilinear", weights, pooled.fingerprint())
     timing: dict[str, Any] = {}
 

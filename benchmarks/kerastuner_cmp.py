@@ -86,11 +86,11 @@ def kt_search(spec: dict[str, Any], report) -> dict[str, Any]:
     import keras_tuner as kt
     from sklearn.model_selection import train_test_split
 
-    from search import data, features
+    from search import backbones, data
 
     start = time.perf_counter()
     pooled = data.load_pooled("fashion_mnist", None, spec["subset"])
-    x = features.to_backbone_input(pooled.images, "unit")  # the same [0, 1] pixels, 3 channels, 32x32
+    x = backbones.to_backbone_input(pooled.images, "unit")  # the same [0, 1] pixels, 3 channels, 32x32
     y = pooled.labels
     lo, hi = spec["epochs"]
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from search import config as cfg
-from search import data, features
+from search import backbones, data, features
 from search.runtime import extraction_backend, runtime_identity
 from search.config.choices import DATASETS
 from search import objective as obj
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     config = cfg.load_config("fmnist_reg").with_weights("random")
     cache_dir = a.cache_dir or Path(tempfile.mkdtemp(prefix="memspread-"))
     pooled = data.load_pooled("fashion_mnist", None, a.subset)
-    weights = features.resolve_weights("random")
+    weights = backbones.resolve_weights("random")
     runtime = runtime_identity(a.backend)
     key = features.cache_key("fashion_mnist", a.subset, "unit", "bilinear", weights, pooled.fingerprint(), runtime)
 

@@ -207,7 +207,7 @@ class Setup:
 def prepare(plan: Plan, base) -> Setup:
     """Build the features with the service's own command (a 1-trial study of 1-2 epochs), then read what a
     study's identity says about them (as search.confirm does)."""
-    from search import features, storage
+    from search import backbones, features, storage
     from search.config.choices import DATASETS
     from search.study import IDENTITY_ATTR
 
@@ -230,7 +230,7 @@ def prepare(plan: Plan, base) -> Setup:
         raise SystemExit(f"prepare failed ({r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
     st = storage.open_storage(url)
     ident = storage.load_study(st, "prepare").user_attrs[IDENTITY_ATTR]
-    weights = features.Weights("recorded", None, ident["backbone"]["weights"])
+    weights = backbones.Weights("recorded", None, ident["backbone"]["weights"])
     key = features.cache_key(base.dataset.name, base.dataset.subset, base.preprocessing.name,
                              base.preprocessing.resize, weights, ident["data_fingerprint"], ident["runtime"])
     features.FeatureStore(plan.cache_dir, key).verify_all()

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from search import artifacts, augment, data, features, isolate, objective, repeats, samplers, signals
+from search import artifacts, augment, backbones, data, features, isolate, objective, repeats, samplers, signals
 from search import storage as sto
 from search import study as st
 from search.config import StudyConfig, check_study_name, differences, safe_name, study_identity
@@ -123,7 +123,8 @@ class Search:
         if "trial_memory_mb" in self.config.metric_names and not isolate.can_reset_peak():
             raise UsageError(f"study {self.config.name}: objective trial_memory_mb needs /proc/self/clear_refs "
                              "(Linux >= 4.0), which this system does not allow; use peak_memory_mb instead")
-        self.resolved_weights = features.resolve_weights(self.config.backbone.weights)
+        b = self.config.backbone
+        self.resolved_weights = backbones.resolve_weights(b.weights, b.name, b.input_size)
         self.runtime = runtime_identity(self.backend)
         self._state["checked"] = True
 
@@ -245,12 +246,26 @@ class Search:
 
     def _builder(self, target: str, spec: dict[str, Any], what: str, entry: str) -> Callable[[Path], None]:
         def build(tmp: Path) -> None:
+            w, views = self.resolved_weights, int(spec.get("views", {}).get("views", 1))
+            images = self.load_data().n_images * views
+            self.on_message(f"extracting {what} of {images:,} images with {w.backbone} at {w.input_size} px: about "
+                            f"{_minutes(backbones.extraction_estimate_s(w.backbone, w.input_size, images))} on 2 "
+                            f"cores (estimated from ResNet50's measured rate, scaled by FLOPs and pixels)")
             start = time.perf_counter()
             outcome = isolate.run_isolated(target, {**spec, "out_dir": str(tmp)}, self.on_event,
                                            echo_stderr=self.debug, env={"KERAS_BACKEND": extraction_backend()})
             self.on_message(f"{what} cached in {self.cache_dir / entry} (extraction "
                             f"{time.perf_counter() - start:.1f} s, peak memory {outcome.peak_memory_mb:.0f} MB)")
+            measured = outcome.result.get("spread")
+            if measured is not None and measured < backbones.COLLAPSED_SPREAD:
+                self.on_message(f"warning: the features of {w.backbone} ({w.identity}) at {w.input_size} px carry no "
+                                f"information (their spread across images is {measured:.2g}): use other weights "
+                                f"(imagenet), a ResNet-family backbone, or a larger input_size")
         return build
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _check_user_classes(config: StudyConfig, pooled: data.Pooled, names: tuple[str, ...]) -> None:
@@ -335,7 +350,8 @@ def _recorded_context(study: optuna.Study, cache_dir: Path, debug: bool) -> tupl
     config = StudyConfig.model_validate(stored)
     runtime = ident.get("runtime") or runtime_identity("tensorflow")
     _check_runtime(study.study_name, runtime)
-    weights = features.Weights("recorded", None, ident["backbone"]["weights"])
+    b = config.backbone
+    weights = backbones.Weights("recorded", None, ident["backbone"]["weights"], b.name, b.input_size)
     fingerprint = ident["data_fingerprint"]
     key = features.study_key(config, weights, fingerprint, runtime)
     # Augmented trials also need the view cache (views) or the images and the real weights (online).
@@ -347,7 +363,7 @@ def _recorded_context(study: optuna.Study, cache_dir: Path, debug: bool) -> tupl
         except SearchError as e:
             raise DataError(f"features of study {study.study_name!r} are not usable in {cache_dir} ({entry}): {e}; "
                             f"run search.run for it with the same --cache-dir first") from None
-    online_weights = features.resolve_weights(config.backbone.weights) if "online" in modes else weights
+    online_weights = backbones.resolve_weights(b.weights, b.name, b.input_size) if "online" in modes else weights
     extra = augment.extra_spec(config, views_key=views_key, weights=online_weights, fingerprint=fingerprint,
                                data_dir=data.location(config.dataset.name, config.dataset.path, None))
     names = tuple(study.user_attrs.get("search:data", {}).get("class_names") or

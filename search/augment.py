@@ -30,7 +30,7 @@ import numpy as np
 
 from search.config.choices import HANDLINGS
 from search.errors import DataError, TrialFailed
-from search import data, features, head
+from search import backbones, data, features, head
 from search.features import augmenter
 from search.runtime import extraction_backend
 
@@ -314,18 +314,19 @@ def _online(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: 
     check = rows[:BACKBONE_CHECK_ROWS]
     cached = store.take(check)
     y = pooled.labels[rows]
-    images = _backbone_input(pooled.images, rows, o["preprocessing"], o["resize"])
-    check_x = features.to_backbone_input(pooled.images[check], o["preprocessing"], o["resize"])
+    weights = backbones.Weights(**o["weights"])
+    images = _backbone_input(pooled.images, rows, o["preprocessing"], o["resize"], weights)
+    check_x = _backbone_input(pooled.images, check, o["preprocessing"], o["resize"], weights)
     del pooled
     aug = spec.augmentation
 
     def train(n_classes: int, hp: "HeadParams", seed_: int, after_epoch: "AfterEpoch | None",
               on_epoch: Callable[[int, float], None]) -> tuple[Any, "FitResult"]:
-        backbone = features.build_backbone(features.Weights(**o["weights"]))
+        backbone = backbones.build_backbone(weights)
         _check_backbone(backbone, check_x, cached)
         model = head.build_head(cached.shape[1], n_classes, hp, seed_)
         full = head.full_model(backbone, model, augmenter(aug["rotation"], aug["shift"], aug["horizontal_flip"],
-                                                           seed_))
+                                                           seed_, weights.input_size))
         # Curves and snapshots look at the head, which predicts from the cached evaluation features.
         hook = None if after_epoch is None else (lambda epoch, _full: after_epoch(epoch, model))
         return model, head.fit(full, images, y, hp, seed_, after_epoch=hook, on_epoch=on_epoch)
@@ -333,12 +334,14 @@ def _online(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: 
     return Augmented("online", 0, data.class_counts(y, spec.n_classes), train)
 
 
-def _backbone_input(images: np.ndarray, rows: np.ndarray, preprocessing: str, resize: str) -> np.ndarray:
+def _backbone_input(images: np.ndarray, rows: np.ndarray, preprocessing: str, resize: str,
+                    weights: "backbones.Weights") -> np.ndarray:
     """float32 backbone input of ``images[rows]``, converted in chunks (the full-size copies would triple it)."""
-    out = np.empty((len(rows), 32, 32, 3), dtype=np.float32)
+    size = weights.input_size
+    out = np.empty((len(rows), size, size, 3), dtype=np.float32)
     for start in range(0, len(rows), IMAGE_CHUNK):
         part = slice(start, start + IMAGE_CHUNK)
-        out[part] = features.to_backbone_input(images[rows[part]], preprocessing, resize)
+        out[part] = backbones.to_backbone_input(images[rows[part]], preprocessing, resize, weights.backbone, size)
     return out
 
 

@@ -30,6 +30,8 @@ def tables() -> str:
     parts = [
         _table("Datasets", "[dataset] name", [(k, v.doc) for k, v in c.DATASETS.items()]),
         _table("Imbalance profiles", "[balance] profile", list(c.PROFILES.items())),
+        _table("Backbones", "[backbone] name", [(k, f"{b.doc}; input_size at least {b.min_size}")
+                                                for k, b in c.BACKBONES.items()]),
         _table("Preprocessing", "[preprocessing] name", list(c.PREPROCESSINGS.items())),
         _table("Augmentation", "[augmentation] mode", list(c.AUGMENTATIONS.items())),
         _table("Imbalance handling", "[training] handling",

@@ -30,22 +30,16 @@ import os
 import shutil
 import warnings
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from search import data
-from search.errors import CacheError, WeightsError
-from search.isolate import run_isolated
-from search.runtime import extraction_backend, runtime_identity
+from search.backbones import DEFAULT_SIZE, Weights, augmenter, build_backbone, spread, to_backbone_input, view_seed
+from search.errors import CacheError
+from search.runtime import runtime_identity
 
-IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_FILE
-IMAGENET_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # keras.applications.resnet's own check of the download
-INPUT_SHAPE = (32, 32, 3)
-RANDOM_WEIGHTS_SEED = 0
 EXTRACT_BATCH = 256
 BLOCK_ROWS = 4096          # rows per checksummed block (32 MB of float32 features)
 PREFETCH_BYTES = 4 << 20   # read-ahead request size of ``prefetch``
@@ -58,139 +52,6 @@ def default_cache_dir() -> Path:
     return base / "optuna-tl-search" / "features"
 
 
-# ---------------------------------------------------------------- weights
-
-@dataclass(frozen=True)
-class Weights:
-    """Resolved backbone weights: what to load and the identity (by content) recorded with the study."""
-
-    kind: str  # "imagenet" | "random" | "file"
-    path: str | None
-    identity: str
-
-
-def imagenet_path() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / IMAGENET_FILE
-
-
-def resolve_weights(weights: str) -> Weights:
-    """``imagenet``, ``random`` or a file path -> Weights, identified by the file's SHA-256.
-
-    ImageNet weights are fetched into Keras' cache with Keras' own downloader (in a
-    child process, so this process stays free of Keras); offline, a WeightsError says
-    what is missing and how to supply it.
-    """
-    if weights == "random":
-        return Weights("random", None, f"random(seed={RANDOM_WEIGHTS_SEED})")
-    if weights == "imagenet":
-        path = imagenet_path()
-        if not path.is_file():
-            _fetch_imagenet(path)
-        return Weights("imagenet", str(path), f"imagenet:sha256={sha256_file(path)[:16]}")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"weights {weights!r} are neither 'imagenet', 'random' nor an existing file")
-    return Weights("file", str(path.resolve()), f"file:sha256={sha256_file(path)[:16]}")
-
-
-def _fetch_imagenet(path: Path) -> None:
-    try:
-        run_isolated("search.features:fetch_imagenet_job", {}, env={"KERAS_BACKEND": extraction_backend()})
-    except Exception as e:  # any failure (offline, refused, partial) means "not available"
-        reason = str(e).split(": ")[-1][:120] or type(e).__name__
-        raise WeightsError(f"ImageNet weights for ResNet50 are not at {path} and could not be downloaded "
-                           f"({reason}); put the file there, or use --weights random or --weights PATH") from None
-
-
-def fetch_imagenet_job(spec: dict, report: Callable[..., None]) -> dict:
-    """Child-process entry: Keras' downloader, with the hash keras.applications checks."""
-    import keras
-
-    path = keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models", file_hash=IMAGENET_MD5)
-    return {"path": str(path)}
-
-
-def build_backbone(weights: Weights):
-    """ResNet50 without its top, average-pooled, frozen, for 32x32x3 inputs."""
-    import keras
-
-    if weights.kind == "random":
-        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
-    # "imagenet": Keras' own loader, which finds the file resolve_weights fetched (and hashed) in its cache.
-    arg = {"imagenet": "imagenet", "random": None, "file": weights.path}[weights.kind]
-    try:
-        model = keras.applications.ResNet50(include_top=False, weights=arg,
-                                            input_shape=INPUT_SHAPE, pooling="avg")
-    except Exception as e:
-        raise WeightsError(f"cannot load backbone weights {weights.path}: {e}") from None
-    model.trainable = False
-    return model
-
-
-# ---------------------------------------------------------------- augmentation (search.augment: modes)
-
-def augmenter(rotation: float, shift: float, horizontal_flip: bool, seed: int):
-    """A Keras model applying the paper's augmentation to (N, 32, 32, 3) images, seeded.
-
-    ``rotation`` is in degrees (Keras' RandomRotation takes a fraction of a full turn).
-    The layers augment when called directly and when fitting, never in ``predict``.
-    """
-    import keras
-
-    layers: list[Any] = [keras.Input((32, 32, 3))]
-    if rotation:
-        layers.append(keras.layers.RandomRotation(rotation / 360.0, fill_mode="nearest", seed=seed))
-    if shift:
-        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1))
-    if horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
-    if len(layers) == 1:  # every transformation off: a model still, so callers need no special case
-        layers.append(keras.layers.Identity())
-    return keras.Sequential(layers, name="augmentation")
-
-
-def view_seed(seed: int, view: int) -> int:
-    """The augmentation seed of view ``view`` of an entry drawn with ``seed``: an independent stream per view."""
-    return int(np.random.SeedSequence([seed, view]).generate_state(1)[0] >> 2)  # Keras seeds fit in int32
-
-
-# ---------------------------------------------------------------- preprocessing
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / 255.0
-
-
-def _caffe(x: np.ndarray) -> np.ndarray:
-    import keras
-
-    return keras.applications.resnet50.preprocess_input(x)
-
-
-# The function of each preprocessing of search.config.choices.PREPROCESSINGS.
-PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"unit": _unit, "caffe": _caffe}
-
-
-def to_backbone_input(images: np.ndarray, preprocessing: str, resize: str = "bilinear") -> np.ndarray:
-    """uint8 images (N, H, W) or (N, H, W, 3) -> float32 (N, 32, 32, 3) in the chosen preprocessing."""
-    return preprocess(resize_images(images, resize), preprocessing)
-
-
-def resize_images(images: np.ndarray, resize: str = "bilinear") -> np.ndarray:
-    """uint8 (N, H, W) or (N, H, W, 3) -> float32 (N, 32, 32, 3) on the 0-255 scale."""
-    import keras
-
-    x = images.astype("float32")
-    if x.ndim == 3:
-        x = np.repeat(x[..., None], 3, axis=-1)
-    if x.shape[1:3] != INPUT_SHAPE[:2]:
-        x = keras.ops.convert_to_numpy(keras.ops.image.resize(x, INPUT_SHAPE[:2], interpolation=resize))
-    return x
-
-
-def preprocess(x: np.ndarray, preprocessing: str) -> np.ndarray:
-    return PREPROCESS[preprocessing](x)
-
-
 # ---------------------------------------------------------------- cache keys
 
 def cache_key(dataset: str, subset: int, preprocessing: str, resize: str, weights: Weights,
@@ -200,13 +61,17 @@ def cache_key(dataset: str, subset: int, preprocessing: str, resize: str, weight
     rt = runtime or runtime_identity("jax")
     ext = rt["extraction_backend"]
     parts = dict(dataset=dataset, subset=subset, preprocessing=preprocessing, resize=resize,
-                 backbone="resnet50", weights=weights.identity, data=data_fingerprint,
+                 backbone=weights.backbone, weights=weights.identity, data=data_fingerprint,
                  extraction_backend=ext, keras=rt["keras"], backend_version=rt.get(ext, "?"))
+    if weights.input_size != DEFAULT_SIZE:  # absent at the paper's size, so the keys made before it stay
+        parts["input_size"] = weights.input_size
     if augmentation:
         parts["augmentation"] = augmentation
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     kind = "views" if augmentation else "plain"
-    return f"{dataset}-{subset or 'all'}-{preprocessing}-{kind}-{digest}"
+    model = "" if (weights.backbone, weights.input_size) == ("resnet50", DEFAULT_SIZE) else \
+        f"{weights.backbone}{weights.input_size}-"
+    return f"{dataset}-{subset or 'all'}-{preprocessing}-{model}{kind}-{digest}"
 
 
 def study_key(config: Any, weights: Weights, data_fingerprint: str, runtime: dict[str, str],
@@ -221,14 +86,6 @@ def job_spec(config: Any, weights: Weights, data_dir: Path | None) -> dict[str, 
     return {"dataset": config.dataset.name, "data_dir": str(data_dir) if data_dir else None,
             "subset": config.dataset.subset, "subset_seed": 0, "preprocessing": config.preprocessing.name,
             "resize": config.preprocessing.resize, "weights": vars(weights)}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- reading, verified
@@ -447,19 +304,26 @@ def open_features(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def extract(images: np.ndarray, labels: np.ndarray, preprocessing: str, resize: str, weights: Weights,
-            out_dir: Path, on_progress: Callable[[int, int], None] = lambda done, total: None) -> None:
-    """Run the frozen backbone over ``images`` once and write features and labels to ``out_dir``."""
+            out_dir: Path, on_progress: Callable[[int, int], None] = lambda done, total: None) -> float:
+    """Run the frozen backbone over ``images`` once and write features and labels to ``out_dir``; returns the
+    features' spread across images (search.backbones.spread, on the first chunk)."""
     backbone = build_backbone(weights)
     n = len(images)
     feats = open_features(out_dir / "features.npy", (n, backbone.output_shape[-1]))
     chunk = EXTRACT_BATCH * 8
     for start in range(0, n, chunk):
-        x = to_backbone_input(images[start:start + chunk], preprocessing, resize)
+        x = _input(images[start:start + chunk], preprocessing, resize, weights)
         feats[start:start + len(x)] = backbone.predict(x, batch_size=EXTRACT_BATCH, verbose=0)
         on_progress(min(start + chunk, n), n)
     feats.flush()
+    measured = spread(feats[:chunk])
     del feats
     np.save(out_dir / "labels.npy", labels.astype(np.int64))
+    return measured
+
+
+def _input(images: np.ndarray, preprocessing: str, resize: str, weights: Weights) -> np.ndarray:
+    return to_backbone_input(images, preprocessing, resize, weights.backbone, weights.input_size)
 
 
 def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, resize: str, weights: Weights,
@@ -481,9 +345,9 @@ def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, re
     chunk = EXTRACT_BATCH * 8
     for v in range(n_views):
         aug = augmenter(settings["rotation"], settings["shift"], settings["horizontal_flip"],
-                        view_seed(settings["seed"], v))
+                        view_seed(settings["seed"], v), weights.input_size)
         for start in range(0, n, chunk):
-            x = to_backbone_input(images[start:start + chunk], preprocessing, resize)
+            x = _input(images[start:start + chunk], preprocessing, resize, weights)
             x = keras.ops.convert_to_numpy(aug(x, training=True))
             feats[v, start:start + len(x)] = backbone.predict(x, batch_size=EXTRACT_BATCH, verbose=0)
             on_progress(v * n + min(start + chunk, n), n_views * n)
@@ -499,9 +363,10 @@ def extract_job(spec: dict, report: Callable[..., None]) -> dict:
                               spec["subset"], spec["subset_seed"])
     weights = Weights(**spec["weights"])
     report(stage="extracting features", done=0, total=len(pooled.labels))
-    extract(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights, Path(spec["out_dir"]),
-            on_progress=lambda done, total: report(stage="extracting features", done=done, total=total))
-    return {"n": len(pooled.labels)}
+    measured = extract(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights,
+                       Path(spec["out_dir"]),
+                       on_progress=lambda done, total: report(stage="extracting features", done=done, total=total))
+    return {"n": len(pooled.labels), "spread": measured}
 
 
 def extract_views_job(spec: dict, report: Callable[..., None]) -> dict:

@@ -86,11 +86,22 @@ class Display:
             loss = f", loss {event['loss']:.4f}" if event.get("loss") is not None else ""
             stage = f"{stage} epoch {event['epoch']}/{event['epochs']}{loss}"
         elif "total" in event:
-            stage = f"{stage} {event['done']}/{event['total']} images"
+            stage = f"{stage} {event['done']}/{event['total']} images{self._eta(event['done'], event['total'])}"
         self.stage = stage
         if self.live is None and ("total" not in event or self._tenth_crossed(event["done"], event["total"])):
             self.console.print(f"  {stage}")
         self._refresh()
+
+    def _eta(self, done: int, total: int) -> str:
+        """The time left of a counted stage (feature extraction), from its rate so far."""
+        now = time.monotonic()
+        if done == 0 or not hasattr(self, "_counted_since"):
+            self._counted_since = now
+            return ""
+        if done >= total:
+            return ""
+        left = (now - self._counted_since) * (total - done) / done
+        return f", ETA {left:.0f} s" if left < 120 else f", ETA {left / 60:.0f} min"
 
     def _tenth_crossed(self, done: int, total: int) -> bool:
         """Plain output: a line at the start, the end and every 10% (extraction takes minutes)."""

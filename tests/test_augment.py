@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import augment, features
+from search import augment, backbones, features
 from search.runtime import extraction_backend
 from search.config import StudyConfig
 from search.errors import CacheError, DataError, TrialFailed
@@ -95,7 +95,7 @@ def test_modes_used_fixed_searched_and_per_arm():
 
 def test_extra_spec_and_trial_backend(tmp_path):
     config = _config(search_space={"augmentation": {"type": "categorical", "choices": ["views", "online"]}})
-    w = features.resolve_weights("random")
+    w = backbones.resolve_weights("random")
     extra = augment.extra_spec(config, views_key="vk", weights=w, fingerprint="f00", data_dir=tmp_path)
     assert extra["views_key"] == "vk"
     assert extra["online"]["fingerprint"] == "f00" and extra["online"]["data_dir"] == str(tmp_path.resolve())
@@ -107,7 +107,7 @@ def test_extra_spec_and_trial_backend(tmp_path):
 
 
 def test_view_cache_key_holds_the_settings():
-    w = features.resolve_weights("random")
+    w = backbones.resolve_weights("random")
     rt = {"extraction_backend": "tensorflow", "keras": "3", "tensorflow": "2"}
     base = augment.view_key(_config(augmentation={"views": 4}), w, "fp", rt)
     assert "views" in base and base == augment.view_key(_config(augmentation={"views": 4}), w, "fp", rt)
@@ -124,7 +124,7 @@ def test_view_draws_are_seeded_per_trial_and_epoch():
     assert not np.array_equal(a, augment.draw_views(1000, 4, seed=1, epoch=0))
     assert not np.array_equal(a, augment.draw_views(1000, 4, seed=0, epoch=1))
     assert set(a.tolist()) == {0, 1, 2, 3}
-    assert features.view_seed(0, 0) != features.view_seed(0, 1) != features.view_seed(1, 1)
+    assert backbones.view_seed(0, 0) != backbones.view_seed(0, 1) != backbones.view_seed(1, 1)
 
 
 def _extract_views(data_dir: Path, out: Path, seed: int, views: int = 2, paper: bool = True) -> np.ndarray:
@@ -136,7 +136,7 @@ def _extract_views(data_dir: Path, out: Path, seed: int, views: int = 2, paper: 
     settings = augment.view_settings({"rotation": aug[0], "shift": aug[1], "horizontal_flip": aug[2],
                                       "views": views}, seed=seed)
     spec = {"dataset": "fashion_mnist", "data_dir": str(data_dir), "subset": 0, "subset_seed": 0,
-            "preprocessing": "unit", "resize": "bilinear", "weights": vars(features.resolve_weights("random")),
+            "preprocessing": "unit", "resize": "bilinear", "weights": vars(backbones.resolve_weights("random")),
             "views": settings, "out_dir": str(out)}
     job = "search.features:extract_views_job" if views else "search.features:extract_job"
     run_isolated(job, spec, env={"KERAS_BACKEND": "tensorflow"})
@@ -301,7 +301,7 @@ def test_online_refuses_other_data_and_resampling(tmp_path):
     _write_entry(tmp_path, "plain", 50)
     store = features.FeatureStore(tmp_path, "plain")
     online = {"dataset": "fashion_mnist", "subset": 0, "data_dir": str(data_dir), "fingerprint": "0" * 16,
-              "preprocessing": "unit", "resize": "bilinear", "weights": vars(features.resolve_weights("random")),
+              "preprocessing": "unit", "resize": "bilinear", "weights": vars(backbones.resolve_weights("random")),
               "backend": "tensorflow"}
     spec = _spec(tmp_path, 50, views=2, mode="online").replace(online=online)
     with pytest.raises(DataError, match="not the study's data"):

@@ -2,16 +2,17 @@
 
 import pytest
 
-from search import augment, data, features, head, samplers
+from search import augment, backbones, data, head, samplers
 from search.config import choices
 
 
 @pytest.mark.parametrize("names, implementations", [
     (choices.DATASETS, data.LOADERS),
     (choices.PROFILES, data.PROFILE_RULES),
-    (choices.PREPROCESSINGS, features.PREPROCESS),
+    (choices.PREPROCESSINGS, backbones.PREPROCESS),
     (choices.SAMPLERS, samplers.FACTORIES),
-], ids=["datasets", "profiles", "preprocessings", "samplers"])
+    (choices.BACKBONES, backbones.APPLICATIONS),
+], ids=["datasets", "profiles", "preprocessings", "samplers", "backbones"])
 def test_each_registry_has_one_implementation_per_name(names, implementations):
     assert set(implementations) == set(names)
 

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from search import features
+from search import backbones, features
 from search.errors import CacheError, WeightsError
 
 from .conftest import ROOT, as_user_without_overrides, cli_env
@@ -124,7 +124,7 @@ def test_concurrent_processes_build_once(tmp_path):
         import sys, time, numpy as np
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from search import features
+        from search import backbones, features
         def build(tmp):
             with open(Path({str(tmp_path)!r}) / "builds.log", "a") as f:
                 f.write("build\\n")
@@ -151,7 +151,7 @@ def test_a_complete_cache_in_a_read_only_directory_is_used_without_writing(tmp_p
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from search import features
+        from search import backbones, features
         def build(tmp):
             raise SystemExit("must not build")
         features.ensure_cached(Path({str(cache)!r}), "k", build)
@@ -176,7 +176,7 @@ def test_a_complete_cache_in_a_read_only_directory_is_used_without_writing(tmp_p
 
 
 def test_cache_key_separates_what_changes_features():
-    w = features.resolve_weights("random")
+    w = backbones.resolve_weights("random")
     rt = {"trial_backend": "jax", "extraction_backend": "tensorflow", "keras": "3.15.1", "tensorflow": "2.21.0",
           "jax": "0.10.2"}
     base = features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt)
@@ -187,7 +187,7 @@ def test_cache_key_separates_what_changes_features():
         features.cache_key("fashion_mnist", 0, "unit", "nearest", w, "abc", rt),
         features.cache_key("fashion_mnist", 2000, "unit", "bilinear", w, "abc", rt),
         features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abd", rt),
-        features.cache_key("fashion_mnist", 0, "unit", "bilinear", features.Weights("file", "/w", "file:sha256=1"),
+        features.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.Weights("file", "/w", "file:sha256=1"),
                            "abc", rt),
         features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "extraction_backend": "jax"}),
         features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "keras": "3.16.0"}),
@@ -205,11 +205,11 @@ def test_weights_files_are_identified_by_content(tmp_path):
     a.write_bytes(b"weights")
     b.write_bytes(b"weights")
     c.write_bytes(b"other weights")
-    ida, idb, idc = (features.resolve_weights(str(p)).identity for p in (a, b, c))
+    ida, idb, idc = (backbones.resolve_weights(str(p)).identity for p in (a, b, c))
     assert ida.startswith("file:sha256=") and ida == idb != idc  # a renamed copy is the same weights
     with pytest.raises(WeightsError, match="weights '.*missing.h5' are neither 'imagenet', 'random' nor an existing"):
-        features.resolve_weights(str(tmp_path / "missing.h5"))
-    assert features.resolve_weights("random").identity == "random(seed=0)"
+        backbones.resolve_weights(str(tmp_path / "missing.h5"))
+    assert backbones.resolve_weights("random").identity == "random(seed=0)"
 
 
 @pytest.mark.slow  # a Keras process that tries the download (~10 s)
@@ -217,7 +217,7 @@ def test_offline_imagenet_says_what_is_missing_and_the_ways_out(tmp_path, monkey
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(features, "IMAGENET_URL", "http://127.0.0.1:1/resnet50.h5")  # nothing listens there
     with pytest.raises(WeightsError) as e:
-        features.resolve_weights("imagenet")
+        backbones.resolve_weights("imagenet")
     assert str(e.value).startswith(f"ImageNet weights for ResNet50 are not at {tmp_path / 'keras' / 'models'}")
     assert str(e.value).endswith("put the file there, or use --weights random or --weights PATH")
 
@@ -225,11 +225,11 @@ def test_offline_imagenet_says_what_is_missing_and_the_ways_out(tmp_path, monkey
 def test_preprocessing_unit_and_caffe():
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
-    x = features.to_backbone_input(gray, "unit")
+    x = backbones.to_backbone_input(gray, "unit")
     assert x.shape == (3, 32, 32, 3) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert np.array_equal(x[..., 0], x[..., 2])  # grayscale repeated on three channels
-    c = features.to_backbone_input(gray, "caffe")
+    c = backbones.to_backbone_input(gray, "caffe")
     assert c.min() < -50  # mean-subtracted 0-255 inputs, as the ImageNet weights expect
 
 
@@ -243,8 +243,8 @@ def test_cached_head_equals_backbone_in_the_loop():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(48, 28, 28), dtype=np.uint8)
     y = np.arange(48) % 10
-    x = features.to_backbone_input(images, "unit")
-    backbone = features.build_backbone(features.resolve_weights("random"))
+    x = backbones.to_backbone_input(images, "unit")
+    backbone = backbones.build_backbone(backbones.resolve_weights("random"))
     feats = backbone.predict(x, batch_size=16, verbose=0)
     p = head.HeadParams(units=64, dropout=0.3, l1=1e-5, l2=1e-4, learning_rate=1e-3, batch_size=16, epochs=2)
 

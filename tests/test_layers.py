@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),                                        # names and schema
     ("runtime", "isolate", "signals"),                  # what every process needs
     ("data", "user_data"),
-    ("features",),
+    ("backbones", "features"),
     ("spec", "head", "augment", "metrics", "epochs"),   # the trial's contract; training and measuring a head
     ("trial", "pictures"),                              # the trial process: no Optuna
     ("optuna_compat", "trials", "storage", "samplers", "study", "objective", "snapshots", "artifacts", "repeats"),

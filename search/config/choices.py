@@ -9,7 +9,8 @@ choice             names (here)                           implementations
 dataset            ``DATASETS``                           ``search.data.LOADERS``
 imbalance profile  ``PROFILES``                           ``search.data.PROFILE_RULES``
 handling           ``HANDLINGS`` (loss or data)           ``search.head.LOSSES``, ``search.data.RESAMPLERS``
-preprocessing      ``PREPROCESSINGS``                     ``search.features.PREPROCESS``
+preprocessing      ``PREPROCESSINGS``                     ``search.backbones.PREPROCESS``
+backbone           ``BACKBONES``                          ``search.backbones.APPLICATIONS``
 augmentation mode  ``AUGMENTATIONS``                      ``search.augment.TRAINING_INPUTS`` (and "none")
 sampler            ``SAMPLERS``                           ``search.samplers.FACTORIES``
 Keras backend      ``BACKENDS`` (the package to import)   ``search.runtime``
@@ -81,6 +82,27 @@ EVALUATIONS: dict[str, str] = {
 PREPROCESSINGS: dict[str, str] = {
     "unit": "pixels scaled to [0, 1] (the paper's)",
     "caffe": "BGR, ImageNet-mean-subtracted 0-255 (what Keras' ImageNet ResNet50 was trained on)",
+    "native": "the backbone's own keras.applications preprocess_input (ResNet50's is caffe; MobileNetV3, "
+              "EfficientNet and ConvNeXt take 0-255 pixels into their own rescaling layers)",
+}
+
+
+@dataclass(frozen=True)
+class BackboneChoice:
+    doc: str
+    min_size: int = 32   # the smallest input_size the model accepts
+
+
+BACKBONES: dict[str, BackboneChoice] = {
+    "resnet50": BackboneChoice("ResNet50, 2048 features (the paper's)"),
+    "resnet101": BackboneChoice("ResNet101, 2048 features"),
+    "resnet50_v2": BackboneChoice("ResNet50V2, 2048 features"),
+    "mobilenet_v3_small": BackboneChoice("MobileNetV3Small, 576 features; with random weights at 32 px its features "
+                                         "collapse (use imagenet)"),
+    "efficientnet_b0": BackboneChoice("EfficientNetB0, 1280 features; with random weights at 32 px its features "
+                                      "collapse (use imagenet)"),
+    "densenet121": BackboneChoice("DenseNet121, 1024 features"),
+    "convnext_tiny": BackboneChoice("ConvNeXtTiny, 768 features"),
 }
 
 AUGMENTATIONS: dict[str, str] = {

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from search.config.choices import (AUGMENTATIONS, DATASETS, EARLY_STOPPING, EVALUATIONS, HANDLINGS, METRICS,
+from search.config.choices import (AUGMENTATIONS, BACKBONES, DATASETS, EARLY_STOPPING, EVALUATIONS, HANDLINGS, METRICS,
                                    PREPROCESSINGS, PROFILES, SAMPLERS, stored_name)
 from search.errors import unknown
 
@@ -113,9 +113,16 @@ class Augmentation(_Frozen):
 
 
 class Backbone(_Frozen):
-    name: Literal["resnet50"] = "resnet50"
+    name: str = "resnet50"
     # "imagenet", "random", or a path to a local Keras weights file (no top).
     weights: str = "imagenet"
+    # Pixels of the square input images are resized to (the paper's 28 -> 32).
+    input_size: Int = Field(32, ge=1, le=1024)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registry_check(v, BACKBONES, "backbone")
 
     @field_validator("weights")
     @classmethod
@@ -374,7 +381,7 @@ class StudyConfig(_Frozen):
         if self.arms and "arm" not in self.search_space:
             raise FieldError(("search_space",), "arms are defined but search_space has no `arm` entry "
                                                 "(e.g. arm = { type = \"categorical\", choices = [...] })")
-        self._check_path()
+        self._check_sources()
         self._check_grid()
         self._check_run()
         n_classes = DATASETS[self.dataset.name].n_classes
@@ -383,7 +390,11 @@ class StudyConfig(_Frozen):
             self._check_sizes(n_classes)
         return self
 
-    def _check_path(self) -> None:
+    def _check_sources(self) -> None:
+        b = self.backbone
+        if b.input_size < BACKBONES[b.name].min_size:
+            raise FieldError(("backbone", "input_size"), f"{b.input_size} is below {b.name}'s minimum input size "
+                                                         f"{BACKBONES[b.name].min_size}")
         d = self.dataset
         if DATASETS[d.name].needs_path and d.path is None:
             raise FieldError(("dataset", "path"), f"dataset {d.name!r} reads your data from path; set "
