@@ -123,8 +123,11 @@ class Search:
         if "trial_memory_mb" in self.config.metric_names and not isolate.can_reset_peak():
             raise UsageError(f"study {self.config.name}: objective trial_memory_mb needs /proc/self/clear_refs "
                              "(Linux >= 4.0), which this system does not allow; use peak_memory_mb instead")
-        b = self.config.backbone
-        self.resolved_weights = backbones.resolve_weights(b.weights, b.name, b.input_size)
+        # One feature cache per (backbone, input size) a trial can use; the first is the study's own (views,
+        # online augmentation and picture titles use it): the config's fixed one unless the study searches them.
+        self.weights_by_set = {f"{n}@{s}": backbones.resolve_weights(self.config.backbone.weights, n, s)
+                               for n, s in self.config.feature_sets()}
+        self.resolved_weights = next(iter(self.weights_by_set.values()))
         self.runtime = runtime_identity(self.backend)
         self._state["checked"] = True
 
@@ -139,8 +142,12 @@ class Search:
                 _check_user_classes(c, pooled, names)
             d = Data(pooled.source, int(len(pooled.labels)), names, data.class_counts(pooled.labels, len(names)),
                      pooled.fingerprint())
-            self.cache_key = features.study_key(c, self.resolved_weights, d.fingerprint, self.runtime)
+            self.cache_keys = {k: features.study_key(c, w, d.fingerprint, self.runtime)
+                               for k, w in self.weights_by_set.items()}
+            self.cache_key = next(iter(self.cache_keys.values()))
             self.identity = study_identity(c, self.resolved_weights.identity, d.fingerprint, self.runtime)
+            if len(self.weights_by_set) > 1:
+                self.identity["backbone"]["weights_by_set"] = {k: w.identity for k, w in self.weights_by_set.items()}
             self.on_message(f"data: {c.dataset.name} from {d.source}, {d.n_images} images, classes "
                             f"{d.class_counts}; weights {self.resolved_weights.identity}")
             self._state["data"] = d
@@ -187,6 +194,7 @@ class Search:
         """What every trial of this study shares: the config, the caches, the classes, the runtime."""
         d, extra = self.load_data(), self.prepare()
         return objective.Context(config=self.config, cache_dir=self.cache_dir, cache_key=self.cache_key,
+                                 cache_keys=self.cache_keys,
                                  n_classes=len(d.class_names), class_names=d.class_names, target=self.target,
                                  debug=self.debug, artifact_dir=self._state.get("artifact_dir"),
                                  backend=self.backend, weights=self.resolved_weights.identity, cpus=cpus,
@@ -227,14 +235,16 @@ class Search:
 
     def _ensure_features(self, fingerprint: str) -> dict[str, Any]:
         c, w = self.config, self.resolved_weights
-        plain = features.job_spec(c, w, self.location)
-        entries = [(self.cache_key, self._builder("search.features:extract_job", plain, "features", self.cache_key))]
+        entries = [(key, self._builder("search.features:extract_job",
+                                       features.job_spec(c, self.weights_by_set[s], self.location), "features",
+                                       key, self.weights_by_set[s]))
+                   for s, key in self.cache_keys.items()]
         views_key = None
         if "views" in augment.modes_used(c):
             views_key = augment.view_key(c, w, fingerprint, self.runtime)
             entries.append((views_key, self._builder("search.features:extract_views_job",
                                                      augment.views_job_spec(c, w, self.location),
-                                                     f"{c.augmentation.views} augmented views", views_key)))
+                                                     f"{c.augmentation.views} augmented views", views_key, w)))
         for entry, build in entries:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -244,9 +254,10 @@ class Search:
         return augment.extra_spec(c, views_key=views_key, weights=w, fingerprint=fingerprint,
                                   data_dir=self.location)
 
-    def _builder(self, target: str, spec: dict[str, Any], what: str, entry: str) -> Callable[[Path], None]:
+    def _builder(self, target: str, spec: dict[str, Any], what: str, entry: str,
+                 w: backbones.Weights) -> Callable[[Path], None]:
         def build(tmp: Path) -> None:
-            w, views = self.resolved_weights, int(spec.get("views", {}).get("views", 1))
+            views = int(spec.get("views", {}).get("views", 1))
             images = self.load_data().n_images * views
             self.on_message(f"extracting {what} of {images:,} images with {w.backbone} at {w.input_size} px: about "
                             f"{_minutes(backbones.extraction_estimate_s(w.backbone, w.input_size, images))} on 2 "
@@ -325,7 +336,8 @@ def confirm_study(study_name: str, storage: str | None = None, *, trials: list[i
     ctx, runtime = _recorded_context(study, Path(cache_dir or features.default_cache_dir()).resolve(), debug)
     config = ctx.config
     for t in _choose(study, trials, all_trials):
-        params = t.user_attrs["resolved_params"]
+        # A trial stored before a setting was searchable lacks it: the config's value, as it ran with.
+        params = objective.resolve_params(config, t.user_attrs["resolved_params"])
         backend = t.user_attrs.get("keras_backend") or runtime["trial_backend"]
         for seed in [config.training.seed + i for i in range(1, seeds + 1)]:
             spec = objective.trial_spec(ctx, params).replace(seed=seed)
@@ -350,27 +362,39 @@ def _recorded_context(study: optuna.Study, cache_dir: Path, debug: bool) -> tupl
     config = StudyConfig.model_validate(stored)
     runtime = ident.get("runtime") or runtime_identity("tensorflow")
     _check_runtime(study.study_name, runtime)
-    b = config.backbone
-    weights = backbones.Weights("recorded", None, ident["backbone"]["weights"], b.name, b.input_size)
     fingerprint = ident["data_fingerprint"]
-    key = features.study_key(config, weights, fingerprint, runtime)
+    recorded = _recorded_weights(config, ident)
+    keys = {s: features.study_key(config, w, fingerprint, runtime) for s, w in recorded.items()}
+    key, weights = next(iter(keys.values())), next(iter(recorded.values()))
     # Augmented trials also need the view cache (views) or the images and the real weights (online).
     modes = augment.modes_used(config)
     views_key = augment.view_key(config, weights, fingerprint, runtime) if "views" in modes else None
-    for entry in filter(None, (key, views_key)):
+    for entry in filter(None, (*keys.values(), views_key)):
         try:
             features.FeatureStore(cache_dir, entry).verify_all()
         except SearchError as e:
             raise DataError(f"features of study {study.study_name!r} are not usable in {cache_dir} ({entry}): {e}; "
                             f"run search.run for it with the same --cache-dir first") from None
+    b = config.backbone
     online_weights = backbones.resolve_weights(b.weights, b.name, b.input_size) if "online" in modes else weights
     extra = augment.extra_spec(config, views_key=views_key, weights=online_weights, fingerprint=fingerprint,
                                data_dir=data.location(config.dataset.name, config.dataset.path, None))
     names = tuple(study.user_attrs.get("search:data", {}).get("class_names") or
                   DATASETS[config.dataset.name].class_names)
     ctx = objective.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=len(names),
-                            class_names=names, target=0, debug=debug, extra_spec=extra)
+                            class_names=names, target=0, debug=debug, extra_spec=extra, cache_keys=keys)
     return ctx, runtime
+
+
+def _recorded_weights(config: StudyConfig, ident: dict[str, Any]) -> dict[str, backbones.Weights]:
+    """Per "backbone@input_size" the weights a study recorded (by identity only: the caches are keyed by it)."""
+    by_set = ident["backbone"].get("weights_by_set") or {f"{n}@{s}": ident["backbone"]["weights"]
+                                                         for n, s in config.feature_sets()}
+    out = {}
+    for k, identity in by_set.items():
+        name, size = k.rsplit("@", 1)
+        out[k] = backbones.Weights("recorded", None, identity, name, int(size))
+    return out
 
 
 def _check_runtime(study_name: str, runtime: dict[str, str]) -> None:

@@ -53,6 +53,8 @@ class Context:
     trial_target: str = TRIAL_TARGET    # "module:function" a trial process runs
     runner: TrialRunner | None = None   # None: run_isolated(trial_target, ...) in a fresh process
     extra_spec: dict[str, Any] = field(default_factory=dict)
+    # "backbone@input_size" -> cache key, when trials can use several (a searched backbone); else cache_key.
+    cache_keys: dict[str, str] = field(default_factory=dict)
 
     def run(self, spec: TrialSpec, on_event: Callable[[Event], None], timeout: float | None) -> Outcome:
         if self.runner is not None:
@@ -92,10 +94,12 @@ def trial_spec(ctx: Context, params: dict[str, Any], number: int | None = None) 
     pictures = None
     if ctx.artifact_dir is not None:
         pictures = Pictures(f"trial {number}" if number is not None else "trial", ctx.backend, ctx.weights)
+    p = TrialParams(**params)
     return TrialSpec(
-        cache_dir=str(ctx.cache_dir), key=ctx.cache_key, n_classes=ctx.n_classes,
+        cache_dir=str(ctx.cache_dir), key=ctx.cache_keys.get(f"{p.backbone}@{p.input_size}", ctx.cache_key),
+        n_classes=ctx.n_classes,
         class_names=tuple(ctx.class_names) or tuple(str(i) for i in range(ctx.n_classes)),
-        params=TrialParams(**params), seed=c.training.seed, reduce_classes=tuple(c.balance.reduce_classes),
+        params=p, seed=c.training.seed, reduce_classes=tuple(c.balance.reduce_classes),
         reduce_fraction=c.balance.reduce_fraction, evaluation=c.training.evaluation,
         validation_fraction=c.training.validation_fraction, augmentation=c.augmentation.model_dump(mode="json"),
         curve_rows=c.run.curve_rows, pictures=pictures, **ctx.extra_spec)

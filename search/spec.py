@@ -34,6 +34,8 @@ class TrialParams:
     focal_gamma: float
     label_smoothing: float
     augmentation: str
+    backbone: str
+    input_size: int
     arm: str | None = None
 
     def as_dict(self) -> dict[str, Any]:

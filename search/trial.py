@@ -192,7 +192,7 @@ def describe(spec: TrialSpec, rows: Rows, fit: head.FitResult, history: dict[str
         test_time_s=times["test_time_s"], n_train=int(len(split.fit)), n_test=int(len(split.test)),
         imbalance_profile=p.profile if p.balance == "imbalanced" else "none",
         reduced_classes=list(split.reduced), handling=p.handling,
-        augmentation=p.augmentation, views=rows.views,
+        augmentation=p.augmentation, views=rows.views, backbone=p.backbone, input_size=p.input_size,
         train_class_counts=split.train_counts, fit_class_counts=rows.fit_counts,
         test_class_counts=data.class_counts(rows.evaluation.y_test if split.val is not None else rows.evaluation.y,
                                             n_classes))

@@ -90,3 +90,50 @@ def test_every_backbone_builds_with_random_weights_at_32_px(name):
     x = backbones.to_backbone_input(np.zeros((2, 28, 28), dtype=np.uint8), "native", backbone=name)
     assert model.predict(x, verbose=0).shape[1] == model.output_shape[-1] > 0
     assert not model.trainable
+
+
+# ---------------------------------------------------------------- a searched backbone
+
+SEARCHED = SMOKE.replace("[search_space]\n", "[search_space]\n" + 'backbone = { type = "categorical", choices = ["resnet50", "resnet101"] }\n')
+
+
+def _searched(tmp_path, text: str):
+    f = tmp_path / "searched.toml"
+    f.write_text(text)
+    return search.load_config(f)
+
+
+def test_a_searched_backbone_is_categorical_and_each_choice_a_feature_set(tmp_path):
+    c = _searched(tmp_path, SEARCHED)
+    assert c.feature_sets() == [("resnet101", 32), ("resnet50", 32)]
+    sizes = SEARCHED.replace("[search_space]\n", '[search_space]\ninput_size = { type = "categorical", choices = [32, 48] }\n')
+    assert len(_searched(tmp_path, sizes).feature_sets()) == 4
+    cases = {
+        'backbone = { type = "float", low = 0.0, high = 1.0 }': r"search_space\.backbone\.type: must be 'categorical'",
+        'input_size = { type = "int", low = 32, high = 64 }': r"search_space\.input_size\.type: must be 'categorical'",
+        'input_size = { type = "categorical", choices = [16, 32] }': r"search_space\.input_size: 16 is below",
+    }
+    for line, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            _searched(tmp_path, SMOKE.replace("[search_space]\n", f"[search_space]\n{line}\n"))
+    with pytest.raises(ConfigError, match=r"augmentation\.mode: augmented views and online augmentation take one"):
+        _searched(tmp_path, SEARCHED.replace("[training]", '[augmentation]\nmode = "views"\n\n[training]'))
+
+
+@pytest.mark.slow  # extracts the features of two backbones (~1 min)
+def test_a_two_backbone_study_trains_each_on_its_own_features(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", n_per_class=30)
+    text = (SEARCHED.replace('name = "fashion_mnist"\nsubset = 2000', f'name = "folder"\npath = "{folder}"')
+            .replace('name = "tpe"', 'name = "grid"').replace("epochs = 1\n", "epochs = 5\nlearning_rate = 0.003\n"))
+    for entry in ("split_ratio", "dropout", "l2", "epochs"):
+        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(f"{entry} = {{")) + "\n"
+    with without_keras_backend():
+        s = search.Search(_searched(tmp_path, text), storage=f"sqlite:///{tmp_path / 's.db'}",
+                          cache_dir=tmp_path / "cache")
+        summary = s.optimize()
+    assert summary.complete_after == 2
+    trials = {t.user_attrs["backbone"]: t for t in s.study.trials}
+    assert set(trials) == {"resnet50", "resnet101"} and all(t.values[0] > 0.6 for t in trials.values())
+    assert set(s.cache_keys) == {"resnet50@32", "resnet101@32"}
+    assert all(features.FeatureStore(tmp_path / "cache", k).n_features == 2048 for k in s.cache_keys.values())
+    assert "weights_by_set" in s.study.user_attrs["search:identity"]["backbone"]

@@ -132,11 +132,12 @@ def _real_cache(tmp_path, n: int, dim: int) -> tuple[str, str]:
 
 def _spec(cache: tuple[str, str], **params) -> dict:
     p = dict(split_ratio=0.8, epochs=3, batch_size=32, learning_rate=1e-3, dropout=0.3, l1=0.0, l2=0.0,
-             units=256, balance="balanced")
+             units=256, balance="balanced", profile="paper", rho=10.0, handling="none", focal_gamma=2.0,
+             label_smoothing=0.0, augmentation="none", backbone="resnet50", input_size=32)
     p.update(params)
     return {"cache_dir": cache[0], "key": cache[1], "n_classes": 10, "class_names": [str(i) for i in range(10)],
             "params": p, "seed": 0, "reduce_classes": [0, 1, 2], "reduce_fraction": 0.1, "evaluation": "test",
-            "validation_fraction": 0.2, "augmentation": {}}
+            "validation_fraction": 0.2, "augmentation": {}, "curve_rows": 0}
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ def cache(tmp_path_factory) -> tuple[str, str]:
 def spec(cache: tuple[str, str], evaluation: str = "validation", **params) -> dict:
     p = dict(split_ratio=0.8, epochs=3, batch_size=32, learning_rate=3e-3, dropout=0.1, l1=0.0, l2=0.0,
              units=16, balance="balanced", profile="step", rho=4.0, handling="none", focal_gamma=2.0,
-             label_smoothing=0.0, augmentation="none")
+             label_smoothing=0.0, augmentation="none", backbone="resnet50", input_size=32)
     p.update(params)
     return {"cache_dir": cache[0], "key": cache[1], "n_classes": 10, "class_names": [f"c{i}" for i in range(10)],
             "params": p, "seed": 0, "reduce_classes": [0, 1, 2], "reduce_fraction": 0.1,

@@ -253,9 +253,12 @@ SEARCHABLE: dict[str, tuple[str, str]] = {
     "focal_gamma": ("training", "focal_gamma"),
     "label_smoothing": ("training", "label_smoothing"),
     "augmentation": ("augmentation", "mode"),
+    "backbone": ("backbone", "name"),
+    "input_size": ("backbone", "input_size"),
 }
-_INT_FIELDS = {"epochs", "batch_size", "units"}
-_CHOICE_FIELDS = {"mode", "profile", "handling"}  # string-valued: searchable as categorical only
+_INT_FIELDS = {"epochs", "batch_size", "units", "input_size"}
+# Searchable as categorical only: string-valued, or (input_size) each value is a feature cache of its own.
+_CHOICE_FIELDS = {"mode", "profile", "handling", "name", "input_size"}
 
 # A named set of fixed values ({searchable name: value}); the search space's `arm` picks one per trial.
 Arm = dict[str, Union[bool, int, float, str]]
@@ -391,10 +394,15 @@ class StudyConfig(_Frozen):
         return self
 
     def _check_sources(self) -> None:
-        b = self.backbone
-        if b.input_size < BACKBONES[b.name].min_size:
-            raise FieldError(("backbone", "input_size"), f"{b.input_size} is below {b.name}'s minimum input size "
-                                                         f"{BACKBONES[b.name].min_size}")
+        for name in self.values_of("backbone"):
+            for size in self.values_of("input_size"):
+                if size < BACKBONES[name].min_size:
+                    loc = ("search_space", "input_size") if "input_size" in self.search_space else \
+                        ("backbone", "input_size")
+                    raise FieldError(loc, f"{size} is below {name}'s minimum input size {BACKBONES[name].min_size}")
+        if len(self.feature_sets()) > 1 and set(self.values_of("augmentation")) != {"none"}:
+            raise FieldError(("augmentation", "mode"), "augmented views and online augmentation take one backbone "
+                                                       "and input size; a study that searches them uses mode \"none\"")
         d = self.dataset
         if DATASETS[d.name].needs_path and d.path is None:
             raise FieldError(("dataset", "path"), f"dataset {d.name!r} reads your data from path; set "
@@ -415,6 +423,10 @@ class StudyConfig(_Frozen):
         vf = self.training.validation_fraction if self.training.evaluation == "validation" else 0.0
         shares = [min(1 - r, r * (1 - vf), *([r * vf] if vf else [])) for r in self.values_of("split_ratio")]
         return max(2, math.ceil(1 / min(shares) - 1e-9))
+
+    def feature_sets(self) -> list[tuple[str, int]]:
+        """Every (backbone, input size) a trial can use: each has its own feature cache."""
+        return sorted({(str(b), int(s)) for b in self.values_of("backbone") for s in self.values_of("input_size")})
 
     def values_of(self, name: str) -> list[Any]:
         """Every value (range ends, choices, arms' values, the fixed one) a searchable setting can take."""
