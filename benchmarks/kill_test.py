@@ -1,7 +1,7 @@
 """Randomized kill test: SIGKILL ``search.run`` at seeded random moments in every stage, resume, check nothing is lost.
 
     python -m benchmarks.kill_test                 # 20 kills (about 10-15 min on 2 cores)
-    python -m benchmarks.kill_test --kills 6       # the slow test's short version
+    python -m benchmarks.kill_test --kills 6       # one kill per stage (the slow test: on a 4-point grid)
 
 A grid study (real Fashion-MNIST slice, random-weight ResNet50, view cache, epoch snapshots, artifacts) runs through
 the real command.  Each round picks a stage (seeded, round-robin over STAGES), waits until the command's output
@@ -44,7 +44,7 @@ units = 64
 [training]
 batch_size = 64
 [search_space]
-l2 = { type = "categorical", choices = [0.0, 1e-4, 1e-3] }
+l2 = { type = "categorical", choices = L2_CHOICES }
 epochs = { type = "int", low = 1, high = 2 }
 [[objectives]]
 metric = "accuracy"
@@ -57,7 +57,8 @@ name = "grid"
 [run]
 epoch_snapshots = true
 """
-GRID_POINTS = 6
+L2 = {"full": [0.0, 1e-4, 1e-3], "short": [0.0, 1e-4]}  # the slow test's short version: 4 grid points, not 6
+GRID_POINTS = {size: 2 * len(choices) for size, choices in L2.items()}
 # stage -> (the output line that starts it, seconds after it within which the kill lands)
 STAGES = {
     "extraction": ("extracting features 0/", 6.0),
@@ -114,7 +115,7 @@ def finish(work: Path, study: str, workers: bool) -> None:
         raise SystemExit(f"error: the resumed command failed (rc {r.returncode}): {r.stderr[-2000:]}")
 
 
-def check(work: Path, study: str) -> dict:
+def check(work: Path, study: str, points_expected: int = GRID_POINTS["full"]) -> dict:
     """What the issue asks of a study after kills; raises AssertionError naming what is wrong."""
     import optuna
     from optuna.trial import TrialState
@@ -123,7 +124,7 @@ def check(work: Path, study: str) -> dict:
     trials = s.get_trials(deepcopy=False)
     grid = [t for t in trials if t.state == TrialState.COMPLETE and "snapshot_of" not in t.user_attrs]
     points = Counter(tuple(sorted(t.params.items())) for t in grid)
-    assert len(points) == GRID_POINTS and set(points.values()) == {1}, f"grid points COMPLETE: {dict(points)}"
+    assert len(points) == points_expected and set(points.values()) == {1}, f"grid points COMPLETE: {dict(points)}"
     assert not [t.number for t in trials if t.state == TrialState.RUNNING], "trials left RUNNING"
     with sqlite3.connect(work / "kill.db") as con:
         integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
@@ -145,9 +146,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root, "SEARCH_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def run(work: Path, kills: int, seed: int) -> dict:
+def run(work: Path, kills: int, seed: int, size: str = "full") -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    (work / "kill.toml").write_text(CONFIG)
+    (work / "kill.toml").write_text(CONFIG.replace("L2_CHOICES", json.dumps(L2[size])))
     rng, stages = random.Random(seed), list(STAGES)
     rng.shuffle(stages)
     landed: Counter = Counter()
@@ -158,7 +159,7 @@ def run(work: Path, kills: int, seed: int) -> dict:
         seen = kill_round(work, study, stage, rng)
         landed[seen or "(ended before the kill)"] += 1
         finish(work, study, stage.startswith("worker"))
-        studies.append(check(work, study))
+        studies.append(check(work, study, GRID_POINTS[size]))
         episode += 1
     return {"kills": kills, "seed": seed, "landed_in": dict(landed), "studies": studies,
             "survived": len(studies), "wall_s": round(time.monotonic() - start, 1), "load_avg": os.getloadavg()}

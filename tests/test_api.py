@@ -67,8 +67,16 @@ def test_optimize_runs_the_study_to_its_target_and_the_same_call_resumes_it(tiny
         assert {"resolved_params", "test_accuracy", "keras_backend", "sampler_seed"} <= set(t.user_attrs)
         again = _search(tiny, n_trials=3).optimize()
         assert (again.complete_before, again.complete_after, again.ran) == (2, 3, 1)
+        # One more trial of the same study, run alone: no storage is touched.
+        spec = s.trial_spec({"dropout": 0.2, "l2": 0.0})
+        stored = [(t.number, t.state) for t in s.study.trials]
+        result = search.run_trial(spec)
+    assert (spec.params.dropout, spec.params.units, spec.params.epochs) == (0.2, 32, 1)  # the rest: the config's
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["epochs_run"] == 1 and result["peak_memory_mb"] > 0
+    assert [(t.number, t.state) for t in s.study.trials] == stored
 
 
+@pytest.mark.slow  # the command line's refusal is tested fast in tests/test_run.py
 def test_a_resume_with_other_settings_is_refused_before_the_extraction(tiny):
     with without_keras_backend():
         _search(tiny, n_trials=1).optimize()
@@ -77,16 +85,6 @@ def test_a_resume_with_other_settings_is_refused_before_the_extraction(tiny):
         with pytest.raises(DriftError, match="other settings"):
             other.prepare()
     assert not (tiny.tmp / "empty-cache").exists()
-
-
-def test_run_trial_runs_one_trial_of_a_study_without_storage(tiny):
-    with without_keras_backend():
-        s = _search(tiny)
-        spec = s.trial_spec({"dropout": 0.2, "l2": 0.0})
-        result = search.run_trial(spec)
-    assert (spec.params.dropout, spec.params.units, spec.params.epochs) == (0.2, 32, 1)  # the rest: the config's
-    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["epochs_run"] == 1 and result["peak_memory_mb"] > 0
-    assert not tiny.db.exists()  # a single trial touches no storage
 
 
 def _readme_example() -> str:

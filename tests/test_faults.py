@@ -417,6 +417,6 @@ def test_a_kill_9_in_every_stage_loses_nothing_and_the_same_command_finishes(tmp
     from .conftest import requires
 
     requires("fashion")
-    res = kill_test.run(tmp_path / "kill", kills=len(kill_test.STAGES), seed=1)
+    res = kill_test.run(tmp_path / "kill", kills=len(kill_test.STAGES), seed=1, size="short")
     assert res["survived"] == res["kills"] == len(kill_test.STAGES)
-    assert all(s["complete_grid_points"] == kill_test.GRID_POINTS for s in res["studies"])
+    assert all(s["complete_grid_points"] == kill_test.GRID_POINTS["short"] for s in res["studies"])

@@ -213,12 +213,15 @@ def test_weights_files_are_identified_by_content(tmp_path):
 
 
 @pytest.mark.slow  # a Keras process that tries the download (~10 s)
-def test_offline_imagenet_says_what_is_missing_and_the_ways_out(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backbone, cls", [("resnet50", "ResNet50"), ("densenet121", "DenseNet121")])
+def test_offline_imagenet_says_what_is_missing_and_the_ways_out(tmp_path, monkeypatch, backbone, cls):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr(features, "IMAGENET_URL", "http://127.0.0.1:1/resnet50.h5")  # nothing listens there
+    for proxy in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):  # Keras' download goes nowhere
+        monkeypatch.setenv(proxy, "http://127.0.0.1:1")
     with pytest.raises(WeightsError) as e:
-        backbones.resolve_weights("imagenet")
-    assert str(e.value).startswith(f"ImageNet weights for ResNet50 are not at {tmp_path / 'keras' / 'models'}")
+        backbones.resolve_weights("imagenet", backbone)
+    expected = tmp_path / "keras" / "models" / backbones.APPLICATIONS[backbone].imagenet_file
+    assert str(e.value).startswith(f"ImageNet weights for {cls} are not at {expected} and could not be downloaded")
     assert str(e.value).endswith("put the file there, or use --weights random or --weights PATH")
 
 

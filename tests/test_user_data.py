@@ -20,56 +20,19 @@ import search
 from search import data, user_data
 from search.errors import BadData
 
-from .conftest import USER_CLASSES, lines, pattern_images, run_cli, write_image_folder, write_npz
+from .conftest import TINY_CONFIG, USER_CLASSES, lines, pattern_images, run_cli, write_image_folder, write_npz
 
-CONFIG = """
-[dataset]
-name = "{name}"
-path = "{path}"
-
-[backbone]
-weights = "random"
-
-[head]
-units = 64
-
-[training]
-epochs = 5
-batch_size = 16
-learning_rate = 0.003
-evaluation = "test"
-
-[search_space]
-dropout = {{ type = "float", low = 0.1, high = 0.5 }}
-
-[[objectives]]
-metric = "accuracy"
-direction = "maximize"
-
-[[objectives]]
-metric = "roc_auc"
-direction = "maximize"
-
-[[objectives]]
-metric = "train_time_s"
-direction = "minimize"
-
-[[objectives]]
-metric = "peak_memory_mb"
-direction = "minimize"
-
-[sampler]
-name = "random"
-seed = 0
-
-[run]
-n_trials = 2
-"""
+def _text(name: str, path: Path | str | None) -> str:
+    """The tests' tiny config over a user's own dataset (no ``path`` line when ``path`` is None); 5 epochs."""
+    where = "" if path is None else f'path = "{path}"\n'
+    text = TINY_CONFIG.format(n_trials=2).replace('name = "fashion_mnist"\n', f'name = "{name}"\n{where}')
+    return (text.replace("units = 32", "units = 64").replace("batch_size = 32", "batch_size = 16")
+            .replace("epochs = 1\n", "epochs = 5\nlearning_rate = 0.003\n"))
 
 
-def _config(tmp: Path, name: str, path: Path | str, text: str = CONFIG, stem: str = "") -> Path:
+def _config(tmp: Path, name: str, path: Path | str | None, stem: str = "") -> Path:
     f = tmp / f"{stem or 'mine-' + name}.toml"
-    f.write_text(text.format(name=name, path=path))
+    f.write_text(_text(name, path))
     return f
 
 
@@ -138,7 +101,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
         "x out of range": (_config(tmp, "npz", write_npz(tmp / "big.npz", 30, x=images * 2.0), stem="c8"),
                            r"big\.npz: x holds floats outside \[0, 1\]"),
         "not an npz": (_config(tmp, "npz", good / "checks" / "0000.png", stem="c9"), r"0000\.png: not a readable \.npz"),
-        "no path": (_config(tmp, "folder", "", CONFIG.replace('path = "{path}"\n', ""), stem="c10"),
+        "no path": (_config(tmp, "folder", None, stem="c10"),
                     r"dataset\.path: dataset 'folder' reads your data from path"),
         "path on a built-in": (_config(tmp, "fashion_mnist", good, stem="c11"), r"dataset\.path: only folder, npz take a path"),
     }
