@@ -20,6 +20,7 @@ from search import artifacts, dashboard
 from search import objective as obj
 from search.config import load_config
 from search.isolate import Outcome
+from search import optuna_compat as compat
 from tests import browser
 
 from .conftest import cli_env, lines, needs_real_fashion, requires
@@ -117,7 +118,7 @@ def test_the_study_page_draws_the_pareto_front_with_split_named_objectives(smoke
     base, study = smoke_dashboard
     n_complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     with browser.chrome() as d:
-        d.get(f"{base}/dashboard/studies/{study._study_id}")
+        d.get(f"{base}/dashboard/studies/{compat.study_id(study)}")
         # plotly draws one marker per COMPLETE trial into the Pareto-front plot.
         points = browser.wait_for(d, f"{browser.PARETO_POINTS_JS} >= {n_complete} && "
                                      f"{browser.PARETO_POINTS_JS}", what="Pareto-front markers")
@@ -133,7 +134,7 @@ def test_the_trials_page_lists_the_trials_and_loads_their_pictures(smoke_dashboa
     base, study = smoke_dashboard
     trials = study.get_trials()
     with browser.chrome() as d:
-        d.get(f"{base}/dashboard/studies/{study._study_id}/trials")
+        d.get(f"{base}/dashboard/studies/{compat.study_id(study)}/trials")
         browser.wait_for(d, "document.body.innerText.includes('Trial 0')", what="trial list")
         page = d.execute_script("return document.body.innerText")
         assert f"{len(trials)} Trials" in page

@@ -20,6 +20,7 @@ from search import trials as tr
 from search.config import load_config
 from search.errors import TrialFailed
 from search.isolate import Outcome
+from search import optuna_compat as compat
 
 from .conftest import TINY_CONFIG
 from .stand_ins import PNG
@@ -237,7 +238,7 @@ def test_pictures_are_uploaded_and_never_counted_as_measures(tmp_path):
     assert "pictures" not in t.user_attrs
     from search.artifacts import trial_artifacts
 
-    assert [m["filename"] for m in trial_artifacts(t, study._storage)] == ["val_confusion_matrix.png"]
+    assert [m["filename"] for m in trial_artifacts(t, compat.storage_of(study))] == ["val_confusion_matrix.png"]
 
 
 def test_a_result_is_kept_when_another_process_failed_the_trial_while_it_ran(tmp_path):
@@ -273,8 +274,8 @@ def test_a_retry_runs_once_even_when_queued_twice_but_other_trials_may_share_its
     study.enqueue_trial({"dropout": 0.3, "l2": 0.0})
     study.optimize(objective, n_trials=1)  # trial 0: an unrelated trial that happens to have these parameters
     lost = study.ask(fixed_distributions={})
-    study._storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)
-    frozen = study._storage.get_trial(lost._trial_id)
+    compat.storage_of(study).set_trial_state_values(compat.trial_id(lost), TrialState.FAIL)
+    frozen = compat.storage_of(study).get_trial(compat.trial_id(lost))
     frozen.params, frozen.distributions = {"dropout": 0.3, "l2": 0.0}, study.get_trials()[0].distributions
     tr.RetryCallback()(study, frozen)
     tr.RetryCallback()(study, frozen)  # queued a second time by another process

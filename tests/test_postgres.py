@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from search import optuna_compat as compat
 
 from .conftest import lines, requires, stop, wait_for
 from .test_workers import check_study, running_trials, scenario_exact_target, scenario_killed_worker
@@ -166,6 +167,6 @@ def test_a_real_trial_on_postgres_stores_its_measures_and_pictures(pg, tiny):
     assert sum(map(sum, t.user_attrs["test_confusion_matrix"])) == t.user_attrs["n_test"]
     from search.artifacts import trial_artifacts
 
-    metas = trial_artifacts(t, study._storage)
+    metas = trial_artifacts(t, compat.storage_of(study))
     assert len(metas) == 4 and all((tiny.tmp / "pictures" / m["artifact_id"]).is_file() for m in metas)
     assert os.environ.get("SEARCH_STORAGE") is None  # nothing leaked into this process's environment

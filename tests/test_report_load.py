@@ -30,10 +30,10 @@ def test_a_missing_sqlite_file_is_a_one_line_usage_error_and_nothing_is_created(
 
 def test_a_malformed_url_is_refused_without_printing_its_password():
     with pytest.raises(UsageError) as e:
-        load.open_storage("postgresql//search:S3CRETPW@db/search")
+        load.open_readonly_url("postgresql//search:S3CRETPW@db/search")
     assert "S3CRETPW" not in str(e.value) and "malformed storage URL" in str(e.value)
     with pytest.raises(UsageError, match="unsupported database 'oracle'"):
-        load.open_storage("oracle://u:p@h/db")
+        load.open_readonly_url("oracle://u:p@h/db")
 
 
 def test_an_unknown_study_names_the_studies_there(tmp_path):

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from search import run
 from search.study import IDENTITY_ATTR
+from search import optuna_compat as compat
 
 from .conftest import ROOT, as_user_without_overrides, cli_env, lines, needs_real_fashion, run_cli, stop, wait_for
 from .conftest import write_fashion_dir
@@ -380,7 +381,7 @@ def test_a_validation_study_names_attributes_and_pictures_by_split(tiny):
     assert sum(map(sum, t.user_attrs["test_confusion_matrix"])) == t.user_attrs["n_test"]
     from search.artifacts import trial_artifacts
 
-    names = sorted(m["filename"] for m in trial_artifacts(t, study._storage))
+    names = sorted(m["filename"] for m in trial_artifacts(t, compat.storage_of(study)))
     assert names == sorted(["val_confusion_matrix.png", "val_per_class_recall.png", "val_roc_curves.png",
                             "test_confusion_matrix.png", "test_per_class_recall.png", "test_roc_curves.png",
                             "learning_curves.png"])

@@ -29,6 +29,7 @@ from search.errors import DriftError, Interrupted, TooManyFailures, TrialFailed
 from search.isolate import Outcome
 from search.samplers import make_sampler, target
 from search.trials import OWNER_ATTR
+from search import optuna_compat as compat
 
 from .conftest import TINY_CONFIG, copy_shared_cache
 from .stand_ins import measures
@@ -104,7 +105,7 @@ def test_a_new_study_records_its_identity_objectives_and_split(storage, tmp_path
     assert study.user_attrs[st.SPLIT_ATTR] == "test" and study.user_attrs["search:data"] == {"n_images": 250}
     assert study.metric_names == ["test_accuracy", "test_roc_auc", "train_time_s", "peak_memory_mb"]
     again, created = st.create_or_resume(storage, "s", config, ident, make_sampler(config))
-    assert not created and again._study_id == study._study_id
+    assert not created and compat.study_id(again) == compat.study_id(study)
 
 
 def test_resuming_with_another_backend_or_settings_is_refused_listing_the_differences(storage, tmp_path):
@@ -192,7 +193,7 @@ def test_ctrl_c_between_creating_a_study_and_recording_its_identity_cannot_leave
     study = optuna.load_study(study_name="s", storage=storage)
     assert study.user_attrs[st.IDENTITY_ATTR]["runtime"] == RUNTIME and st.CONFIG_ATTR in study.user_attrs
     monkeypatch.setattr(optuna, "create_study", real)
-    assert _new(storage, config)._study_id == study._study_id  # the name is not blocked
+    assert compat.study_id(_new(storage, config)) == compat.study_id(study)  # the name is not blocked
 
 
 # ---------------------------------------------------------------- lost trials
@@ -200,7 +201,7 @@ def test_ctrl_c_between_creating_a_study_and_recording_its_identity_cannot_leave
 def _running(study, owner, x=None):
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     if owner is not None:
-        study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, owner)
+        compat.storage_of(study).set_trial_system_attr(compat.trial_id(trial), OWNER_ATTR, owner)
     return trial
 
 
@@ -243,9 +244,9 @@ def test_a_failure_whose_retry_was_never_queued_is_queued_on_resume(storage):
     """Ctrl-C between failing a dead peer's trial and queuing its retry: the next resume queues it."""
     study = optuna.create_study(study_name="d", storage=storage, directions=["maximize"])
     trial = _running(study, {"host": "h", "pid": 1, "started": 0.0})
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", "owner process 1 died")
-    storage.set_trial_user_attr(trial._trial_id, "fail_kind", "lost")
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # ... and the process stopped here
+    storage.set_trial_user_attr(compat.trial_id(trial), "fail_reason", "owner process 1 died")
+    storage.set_trial_user_attr(compat.trial_id(trial), "fail_kind", "lost")
+    storage.set_trial_state_values(compat.trial_id(trial), TrialState.FAIL)  # ... and the process stopped here
     assert st.recover_dead_trials(study) == [trial.number]
     assert study.get_trials()[1].state == TrialState.WAITING and study.get_trials()[1].params == trial.params
     assert st.recover_dead_trials(study) == []  # queued once
@@ -324,9 +325,9 @@ def test_a_trial_of_another_host_with_a_silent_heartbeat_is_retried(tmp_path):
     config = _config(tmp_path)
     study = _new(storage, config)
     trial = _running(study, {"host": "another-host", "pid": 1, "started": 0.0})
-    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(compat.trial_id(trial))
     deadline = time.monotonic() + 60
-    while not storage._get_stale_trial_ids(study._study_id):  # wait for the state, not for a fixed time
+    while not storage._get_stale_trial_ids(compat.study_id(study)):  # wait for the state, not for a fixed time
         assert time.monotonic() < deadline
         time.sleep(0.2)
     _run(study, config, stand_in_runner(), n=2)
@@ -429,7 +430,7 @@ def _lost_trial(study) -> optuna.trial.FrozenTrial:
     trial = study.ask()
     trial.suggest_float("dropout", 0.1, 0.7)
     trial.suggest_categorical("l2", [0.0, 1e-4])
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR,
+    compat.storage_of(study).set_trial_system_attr(compat.trial_id(trial), OWNER_ATTR,
                                          {"host": socket.gethostname(), "pid": _dead_pid(), "started": 0.0})
     return study.get_trials()[-1]
 

@@ -3,10 +3,8 @@ process failed its trial, and a heartbeat that survives failed writes."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import threading
 import time
 
 import optuna
@@ -16,7 +14,7 @@ from optuna.trial import TrialState
 
 from search import storage as sto
 from search import trials as tr
-from search.isolate import Outcome
+from search import optuna_compat as compat
 
 from .stand_ins import PNG
 
@@ -71,7 +69,7 @@ def test_a_retry_is_a_fresh_attempt_with_the_same_parameters_and_no_pictures(stu
     optuna.artifacts.upload_artifact(artifact_store=optuna.artifacts.FileSystemArtifactStore(str(tmp_path)),
                                      file_path=str(pic), study_or_trial=trial, mimetype="image/png")
     trial.set_user_attr("test_accuracy", 0.9)  # a measure of the failed attempt
-    assert optuna.artifacts.get_all_artifact_meta(study.get_trials()[0], storage=study._storage)
+    assert optuna.artifacts.get_all_artifact_meta(study.get_trials()[0], storage=compat.storage_of(study))
 
     assert tr.fail_and_retry(study, study.get_trials()[0], "owner process 1 died")
     failed, retry = study.get_trials()
@@ -80,7 +78,7 @@ def test_a_retry_is_a_fresh_attempt_with_the_same_parameters_and_no_pictures(stu
     assert retry.state == TrialState.WAITING and retry.params == failed.params
     assert retry.user_attrs == {"resolved_params": failed.user_attrs["resolved_params"]}
     assert tr.OWNER_ATTR not in retry.system_attrs
-    assert optuna.artifacts.get_all_artifact_meta(retry, storage=study._storage) == []  # no inherited pictures
+    assert optuna.artifacts.get_all_artifact_meta(retry, storage=compat.storage_of(study)) == []  # no inherited pictures
     assert tr.attempts(failed) == 1 and tr.attempts(retry) == 2
 
 
@@ -121,7 +119,7 @@ def test_a_result_finished_after_another_process_failed_the_trial_goes_to_its_re
 
 def test_without_a_retry_to_claim_the_result_becomes_a_new_complete_trial(study):
     trial = running(study, x=0.5)
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # failed, nothing queued
+    compat.storage_of(study).set_trial_state_values(compat.trial_id(trial), TrialState.FAIL)  # failed, nothing queued
     holder = tr.record_taken_over(trial, [0.7, 3.0], {"test_accuracy": 0.7})
     kept = study.get_trials()[holder]
     assert kept.state == TrialState.COMPLETE and kept.values == [0.7, 3.0] and kept.params == {"x": 0.5}
@@ -131,7 +129,7 @@ def test_without_a_retry_to_claim_the_result_becomes_a_new_complete_trial(study)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_our_heartbeat_survives_a_failed_write_where_optunas_thread_dies(study):
     trial = running(study)
-    storage = study._storage
+    storage = compat.storage_of(study)
     failures: list[Exception] = []
     real = storage.record_heartbeat
     calls = {"n": 0}
@@ -144,19 +142,19 @@ def test_our_heartbeat_survives_a_failed_write_where_optunas_thread_dies(study):
 
     storage.record_heartbeat = flaky
     # Optuna's thread: its first write fails and the thread is gone.
-    optunas = optuna.storages._heartbeat.HeartbeatThread(trial._trial_id, storage)
+    optunas = optuna.storages._heartbeat.HeartbeatThread(compat.trial_id(trial), storage)
     optunas.start()
     optunas._thread.join(timeout=5)
     assert not optunas._thread.is_alive()
     # Ours: the failure is reported and the next beats are written.
     calls["n"] = 0
-    beat = tr.Heartbeat(storage, trial._trial_id, interval=0.2, on_error=failures.append)
+    beat = tr.Heartbeat(storage, compat.trial_id(trial), interval=0.2, on_error=failures.append)
     with beat:
         deadline = time.monotonic() + 20
         while calls["n"] < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert calls["n"] >= 3 and len(failures) == 1
-    assert storage._get_stale_trial_ids(study._study_id) == []  # its beats are recent: not stale
+    assert storage._get_stale_trial_ids(compat.study_id(study)) == []  # its beats are recent: not stale
 
 
 def test_optuna_fails_a_trial_whose_heartbeat_went_silent(tmp_path):
@@ -164,7 +162,7 @@ def test_optuna_fails_a_trial_whose_heartbeat_went_silent(tmp_path):
     storage = sto.open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="h", storage=storage, directions=["maximize", "minimize"])
     trial = running(study)
-    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(compat.trial_id(trial))
     failed = []
     deadline = time.monotonic() + 30
     while not failed and time.monotonic() < deadline:

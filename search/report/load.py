@@ -30,7 +30,7 @@ LEGACY_QUALITY = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", 
 
 # ---------------------------------------------------------------- storage
 
-def open_storage(url: str | None):
+def open_readonly_url(url: str | None):
     """An existing storage, opened read-only (search.storage.open_readonly); None: the default storage."""
     from search import storage
 
@@ -43,7 +43,7 @@ def open_study(study_name: str, storage: Any):
     import optuna
 
     if storage is None or isinstance(storage, str):
-        storage = open_storage(storage)
+        storage = open_readonly_url(storage)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -235,11 +235,11 @@ def _ours(study):
 
 
 def load(study_name: str, storage_url: str | None) -> StudyData:
-    """Open ``storage_url`` read-only and load ``study_name``; errors as ``open_storage`` and ``open_study``."""
+    """Open ``storage_url`` read-only and load ``study_name``; errors as ``open_readonly_url`` and ``open_study``."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_url)
+    storage = open_readonly_url(storage_url)
     try:
         d = from_study(_ours(open_study(study_name, storage)))
     except BaseException:
