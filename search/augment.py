@@ -37,7 +37,7 @@ from search.runtime import extraction_backend
 if TYPE_CHECKING:
     from search.config import StudyConfig
     from search.features import FeatureStore, Weights
-    from search.head import AfterEpoch, FitResult, HeadParams
+    from search.head import HeadParams
     from search.spec import TrialSpec
 
 # What a view is made of; part of the view cache's key, so a change here never reuses old views.
@@ -138,13 +138,20 @@ def trial_backend(spec: "TrialSpec", default: str) -> str:
 
 @dataclass
 class Augmented:
-    """A trial's augmented training input: ``train`` builds and fits the head, returning (head, FitResult)."""
+    """A trial's augmented training input; it builds no head and trains nothing (search.trial.train does).
+
+    ``inputs(hp, seed)`` gives what ``head.fit`` trains on: (batches, labels) or (images, labels);
+    ``wrap(head, seed)`` the model it fits (``online``: the backbone in the loop behind the augmentation);
+    ``close(x)`` lets go of the inputs.
+    """
 
     mode: str
     views: int                      # cached views drawn from (0: none or online)
     fit_counts: list[int]           # class counts of the rows one epoch trains on (after any resampling)
-    train: Callable[[int, "HeadParams", int, "AfterEpoch | None", Callable[[int, float], None]],
-                    tuple[Any, "FitResult"]]
+    n_features: int                 # the head's input width: the cached features'
+    inputs: Callable[["HeadParams", int], tuple[Any, np.ndarray]]
+    wrap: Callable[[Any, int], Any] = lambda model, seed: model
+    close: Callable[[Any], None] = lambda x: None
 
 
 def training(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: Callable[..., None]) -> Augmented:
@@ -174,16 +181,10 @@ def _views(spec: "TrialSpec", rows: np.ndarray, plain: "FeatureStore", report: C
         present = [c for c in counts if c]
         counts = [max(present) if c else 0 for c in counts]
 
-    def train(n_classes: int, hp: "HeadParams", seed_: int, after_epoch: "AfterEpoch | None",
-              on_epoch: Callable[[int, float], None]) -> tuple[Any, "FitResult"]:
-        batches = view_batches(store, rows, y, n_classes, hp, seed_, handling)
-        model = head.build_head(store.n_features, n_classes, hp, seed_)
-        try:
-            return model, head.fit(model, batches, y, hp, seed_, after_epoch=after_epoch, on_epoch=on_epoch)
-        finally:
-            batches.close()
+    def inputs(hp: "HeadParams", seed: int) -> tuple[Any, np.ndarray]:
+        return view_batches(store, rows, y, spec.n_classes, hp, seed, handling), y
 
-    return Augmented("views", n_views, counts, train)
+    return Augmented("views", n_views, counts, store.n_features, inputs, close=lambda batches: batches.close())
 
 
 class ViewDraws:
@@ -320,18 +321,14 @@ def _online(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: 
     del pooled
     aug = spec.augmentation
 
-    def train(n_classes: int, hp: "HeadParams", seed_: int, after_epoch: "AfterEpoch | None",
-              on_epoch: Callable[[int, float], None]) -> tuple[Any, "FitResult"]:
+    def wrap(model: Any, seed: int) -> Any:
         backbone = backbones.build_backbone(weights)
         _check_backbone(backbone, check_x, cached)
-        model = head.build_head(cached.shape[1], n_classes, hp, seed_)
-        full = head.full_model(backbone, model, augmenter(aug["rotation"], aug["shift"], aug["horizontal_flip"],
-                                                           seed_, weights.input_size))
-        # Curves and snapshots look at the head, which predicts from the cached evaluation features.
-        hook = None if after_epoch is None else (lambda epoch, _full: after_epoch(epoch, model))
-        return model, head.fit(full, images, y, hp, seed_, after_epoch=hook, on_epoch=on_epoch)
+        return head.full_model(backbone, model, augmenter(aug["rotation"], aug["shift"], aug["horizontal_flip"],
+                                                          seed, weights.input_size))
 
-    return Augmented("online", 0, data.class_counts(y, spec.n_classes), train)
+    return Augmented("online", 0, data.class_counts(y, spec.n_classes), cached.shape[1],
+                     lambda hp, seed: (images, y), wrap)
 
 
 def _backbone_input(images: np.ndarray, rows: np.ndarray, preprocessing: str, resize: str,

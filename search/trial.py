@@ -169,11 +169,20 @@ def train(rows: Rows, hp: head.HeadParams, spec: TrialSpec, hook: head.AfterEpoc
     def on_epoch(epoch: int, loss: float) -> None:
         report(stage="training", epoch=epoch, epochs=hp.epochs, loss=loss)
 
-    if rows.augmented is None:
-        model = rows.model
-        fit = head.fit(model, rows.x_train, rows.y_train, hp, spec.seed, after_epoch=hook, on_epoch=on_epoch)
+    aug = rows.augmented
+    if aug is None:
+        model, fitted, (x, y) = rows.model, rows.model, (rows.x_train, rows.y_train)
     else:
-        model, fit = rows.augmented.train(spec.n_classes, hp, spec.seed, hook, on_epoch)
+        x, y = aug.inputs(hp, spec.seed)
+        model = head.build_head(aug.n_features, spec.n_classes, hp, spec.seed)
+        fitted = aug.wrap(model, spec.seed)
+    # Curves and snapshots look at the head, which predicts from the cached evaluation features.
+    on_head = hook if fitted is model else (lambda epoch, _fitted: hook(epoch, model))
+    try:
+        fit = head.fit(fitted, x, y, hp, spec.seed, after_epoch=on_head, on_epoch=on_epoch)
+    finally:
+        if aug is not None:
+            aug.close(x)
     rows.x_train = rows.y_train = rows.model = rows.augmented = None  # an online input holds all its images
     return model, fit
 
