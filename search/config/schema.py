@@ -33,6 +33,14 @@ Float = Annotated[float, Strict(), AllowInfNan(False)]
 Bool = Annotated[bool, Strict()]
 
 
+def _registered(field: str, registry: Any, what: str) -> Any:
+    """A validator of ``field`` that refuses a name ``registry`` does not hold, listing the ones it does."""
+    def check(cls: type, v: str) -> str:
+        return _registry_check(v, registry, what)
+
+    return field_validator(field)(classmethod(check))
+
+
 def _registry_check(v: str, registry: Any, what: str) -> str:
     if v not in registry:
         raise ValueError(unknown(what, v, registry))
@@ -59,10 +67,7 @@ class Dataset(_Frozen):
     # A user's own data ("folder", "npz"): where they are, relative to the directory the command runs in.
     path: str | None = Field(None, min_length=1)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, DATASETS, "dataset")
+    _known = _registered("name", DATASETS, "dataset")
 
 
 class Balance(_Frozen):
@@ -72,10 +77,7 @@ class Balance(_Frozen):
     reduce_classes: tuple[Int, ...] = (0, 1, 2)
     reduce_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
 
-    @field_validator("profile")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, PROFILES, "imbalance profile")
+    _known = _registered("profile", PROFILES, "imbalance profile")
 
     @field_validator("reduce_classes")
     @classmethod
@@ -91,10 +93,7 @@ class Preprocessing(_Frozen):
     name: str = "unit"
     resize: Literal["bilinear", "nearest"] = "bilinear"
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, PREPROCESSINGS, "preprocessing")
+    _known = _registered("name", PREPROCESSINGS, "preprocessing")
 
 
 class Augmentation(_Frozen):
@@ -106,10 +105,7 @@ class Augmentation(_Frozen):
     horizontal_flip: Bool = True
     views: Int = Field(4, ge=1, le=64)                      # augmented copies in the view cache
 
-    @field_validator("mode")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, AUGMENTATIONS, "augmentation mode")
+    _known = _registered("mode", AUGMENTATIONS, "augmentation mode")
 
 
 class Backbone(_Frozen):
@@ -119,10 +115,7 @@ class Backbone(_Frozen):
     # Pixels of the square input images are resized to (the paper's 28 -> 32).
     input_size: Int = Field(32, ge=1, le=1024)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, BACKBONES, "backbone")
+    _known = _registered("name", BACKBONES, "backbone")
 
     @field_validator("weights")
     @classmethod
@@ -153,15 +146,9 @@ class Training(_Frozen):
     evaluation: str = "validation"  # search.data.EVALUATIONS: where the objectives are measured
     validation_fraction: Float = Field(0.2, gt=0.0, lt=1.0)
 
-    @field_validator("handling")
-    @classmethod
-    def _handling(cls, v: str) -> str:
-        return _registry_check(v, HANDLINGS, "handling")
+    _handling = _registered("handling", HANDLINGS, "handling")
 
-    @field_validator("evaluation")
-    @classmethod
-    def _evaluation(cls, v: str) -> str:
-        return _registry_check(v, EVALUATIONS, "evaluation")
+    _evaluation = _registered("evaluation", EVALUATIONS, "evaluation")
 
 
 class FloatDist(_Frozen):
@@ -273,20 +260,14 @@ class Objective(_Frozen):
     # trial).
     resolution: Float | None = Field(None, ge=1e-9)
 
-    @field_validator("metric")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, METRICS, "metric")
+    _known = _registered("metric", METRICS, "metric")
 
 
 class Sampler(_Frozen):
     name: str = "tpe"
     seed: Int | None = Field(0, ge=0, lt=2**32)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, SAMPLERS, "sampler")
+    _known = _registered("name", SAMPLERS, "sampler")
 
 
 class Constraints(_Frozen):
@@ -322,10 +303,7 @@ class Run(_Frozen):
     # 92 s trial, measured).  0: the whole split.  The final measures always use the whole split.
     curve_rows: Int = Field(5_000, ge=0, le=10_000_000)
 
-    @field_validator("early_stopping")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _registry_check(v, EARLY_STOPPING, "early stopping")
+    _known = _registered("early_stopping", EARLY_STOPPING, "early stopping")
 
 
 class StudyConfig(_Frozen):
