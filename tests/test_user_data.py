@@ -20,7 +20,7 @@ import search
 from search import data, user_data
 from search.errors import BadData
 
-from .conftest import TINY_CONFIG, USER_CLASSES, lines, pattern_images, run_cli, write_image_folder, write_npz
+from .conftest import ROOT, TINY_CONFIG, USER_CLASSES, lines, pattern_images, run_cli, write_image_folder, write_npz
 
 def _text(name: str, path: Path | str | None) -> str:
     """The tests' tiny config over a user's own dataset (no ``path`` line when ``path`` is None); 5 epochs."""
@@ -131,10 +131,27 @@ def test_data_dir_is_refused_for_a_dataset_read_from_its_path(tmp_path, main_her
 
 # ---------------------------------------------------------------- studies on a user's own data
 
+def _readme_config(folder: Path) -> str:
+    """The README's complete config for a folder of images, pointed at ``folder``."""
+    section = (ROOT / "README.md").read_text().split("## Your own data", 1)[1]
+    text = re.search(r"```toml\n(objectives = .*?)```", section, re.S).group(1)
+    return text.replace('path = "data/my_images"', f'path = "{folder}"')
+
+
+def test_the_readme_config_for_a_folder_is_complete(tmp_path):
+    f = tmp_path / "my.toml"
+    f.write_text(_readme_config(tmp_path / "imgs"))
+    c = search.load_config(f)
+    assert (c.dataset.name, c.dataset.path, c.run.n_trials) == ("folder", str(tmp_path / "imgs"), 20)
+    assert c.metric_names == ["val_accuracy", "val_roc_auc", "train_time_s", "peak_memory_mb"]
+
+
 @pytest.mark.slow
 def test_a_folder_study_learns_the_classes_and_names_them(tmp_path):
+    """The README's config over a folder the test makes: 2 trials, then a changed image refuses the resume."""
     folder = write_image_folder(tmp_path / "imgs")
-    config = _config(tmp_path, "folder", folder)
+    config = tmp_path / "mine-folder.toml"
+    config.write_text(_readme_config(folder).replace("n_trials = 20", "n_trials = 2"))
     storage = f"sqlite:///{tmp_path / 's.db'}"
     r = run_cli("--study", str(config), "--storage", storage, "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
