@@ -33,7 +33,9 @@ def test_a_backbone_is_chosen_by_name_and_input_size_and_checked_at_load(tmp_pat
 
 def test_the_papers_backbone_keeps_the_identity_and_cache_key_of_studies_made_before_the_registry(tmp_path):
     c = _config(tmp_path)
-    assert "name" not in config_identity(c)["backbone"] and "input_size" not in config_identity(c)["backbone"]
+    # As stored by every study made before the registry (whose schema had the one name "resnet50").
+    assert config_identity(c)["backbone"] == {"name": "resnet50", "weights": "random"}
+    assert config_identity(_config(tmp_path, input_size=64))["backbone"]["input_size"] == 64
     assert config_identity(_config(tmp_path, name="resnet101"))["backbone"]["name"] == "resnet101"
     rt = {"extraction_backend": "tensorflow", "keras": "3", "tensorflow": "2"}
     paper = features.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.resolve_weights("random"), "f", rt)

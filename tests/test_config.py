@@ -315,3 +315,15 @@ def test_names_from_weights_files_are_made_safe():
     assert cfg.safe_name("...") == "weights"
     for text in ("../x", ".hidden", "a/b", "x" * 300):
         cfg.check_study_name(cfg.safe_name(text))
+
+
+def test_the_default_studys_identity_is_the_one_its_stored_studies_carry():
+    """fmnist_reg's identity as the service stored it before the backbone registry, user data and searchable
+    backbones (tests/fmnist_reg_identity.json, made by that code): a studies.db made then still resumes."""
+    import json
+
+    runtime = {"trial_backend": "jax", "extraction_backend": "tensorflow", "keras": "3", "tensorflow": "2", "jax": "1",
+               "train_steps_per_call": "32"}
+    stored = json.loads((Path(__file__).parent / "fmnist_reg_identity.json").read_text())
+    now = cfg.study_identity(cfg.load_config("fmnist_reg", ROOT / "study_configs"), "w", "fp", runtime)
+    assert cfg.differences(stored, now) == []

@@ -21,7 +21,7 @@ from typing import Any
 # behaviour from before; when all of a section's are at those values they are left out of the identity.
 LEGACY: dict[str, dict[str, Any]] = {
     "dataset": {"path": None},
-    "backbone": {"name": "resnet50", "input_size": 32},
+    "backbone": {"input_size": 32},
     "balance": {"profile": "paper", "rho": 10.0},
     "training": {"handling": "none", "focal_gamma": 2.0, "label_smoothing": 0.0, "evaluation": "test",
                  "validation_fraction": 0.2},
