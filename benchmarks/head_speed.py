@@ -65,7 +65,9 @@ def sweep(spec: dict[str, Any], report) -> dict[str, Any]:
         tr, te = data.split_indices(ya, 0.8, 0)
         p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3,
                             batch_size=acc["batch_size"], epochs=acc["epochs"])
-        model, fit = head.train_head(np.asarray(xa[tr], np.float32), ya[tr], N_CLASSES, p, 0)
+        x = np.asarray(xa[tr], np.float32)
+        model = head.build_head(x.shape[1], N_CLASSES, p, 0)
+        fit = head.fit(model, x, ya[tr], p, 0)
         fit_s = fit.train_time_s
         proba, _ = head.predict(model, np.asarray(xa[te], np.float32))
         out["accuracy"] = {**acc, "n_train": int(len(tr)), "fit_s": fit_s,

@@ -104,15 +104,6 @@ def upload_pictures(trial: "optuna.Trial", pictures: list[str], artifact_dir: Pa
     return ids
 
 
-def trial_artifacts(trial: "optuna.trial.FrozenTrial", storage: Any) -> list[dict[str, Any]]:
-    """The artifact metadata (artifact_id, filename, mimetype) Optuna stored on a trial."""
-    import dataclasses
-
-    import optuna
-
-    return [dataclasses.asdict(m) for m in optuna.artifacts.get_all_artifact_meta(trial, storage=storage)]
-
-
 # ---------------------------------------------------------------- reading (dashboard)
 
 class MultiDirArtifactStore:

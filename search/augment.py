@@ -239,7 +239,7 @@ class ViewDraws:
                 self.store.release()
                 self._since_release = 0
         yb = self._y[idx]
-        target = np.eye(self.n_classes, dtype=np.float32)[yb] if self.hp.one_hot else yb
+        target = head.targets(yb, self.n_classes, self.hp)
         if self.weights is None:
             return xb, target
         return xb, target, np.array([self.weights.get(int(c), 1.0) for c in yb], dtype=np.float32)

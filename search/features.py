@@ -210,15 +210,6 @@ def prefetch(cache_dir: Path | str, key: str) -> None:
         os.close(fd)
 
 
-def load_verified(cache_dir: Path | str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every row (verified) and the labels of a plain entry, in memory: for benchmarks and tools."""
-    store = FeatureStore(cache_dir, key)
-    try:
-        return store.take(np.arange(store.n)), store.labels
-    finally:
-        store.close()
-
-
 # ---------------------------------------------------------------- building
 
 @contextlib.contextmanager

@@ -94,6 +94,11 @@ def compile_model(model, p: HeadParams) -> None:
                   steps_per_execution=runtime.STEPS_PER_CALL)
 
 
+def targets(y: np.ndarray, n_classes: int, p: HeadParams) -> np.ndarray:
+    """What the loss is fitted to: one-hot rows for the losses that need them, the labels otherwise."""
+    return np.eye(n_classes, dtype=np.float32)[y] if p.one_hot else y
+
+
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """scikit-learn's "balanced" weights n / (C_present * n_c) for the classes present in ``y``."""
     from sklearn.utils.class_weight import compute_class_weight
@@ -129,7 +134,7 @@ def fit(model, x: Any, y: np.ndarray, p: HeadParams, seed: int, after_epoch: Aft
     n_classes = int(model.output_shape[-1])
     is_array = isinstance(x, np.ndarray)
     weights = class_weights(y, n_classes) if p.handling == "class_weight" else None
-    target = (np.eye(n_classes, dtype=np.float32)[y] if p.one_hot else y) if is_array else None
+    target = targets(y, n_classes, p) if is_array else None
     steps = steps or (math.ceil(len(x) / p.batch_size) if is_array else len(x))
     timer = _Timer(after_epoch, on_epoch)
     keras.utils.set_random_seed(seed)
@@ -193,14 +198,6 @@ class _Timer:
                         self.stopped = self.model.stop_training = True
 
         return Timer(*args, **kwargs)
-
-
-def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, p: HeadParams, seed: int,
-               after_epoch: AfterEpoch | None = None,
-               on_epoch: Callable[[int, float], None] = lambda epoch, loss: None):
-    """Build and train a head on features ``x``; return (model, FitResult)."""
-    model = build_head(x.shape[1], n_classes, p, seed)
-    return model, fit(model, x, y, p, seed, after_epoch, on_epoch)
 
 
 def predict(model, x: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, float]:

@@ -450,3 +450,12 @@ def smoke_study(tmp_path_factory) -> tuple[str, subprocess.CompletedProcess, Pat
     storage = f"sqlite:///{tmp / 'smoke.db'}"
     r = run_cli("--study", "smoke", "--storage", storage, "--cache-dir", str(tmp / "cache"), cwd=tmp, timeout=1500)
     return storage, r, tmp
+
+
+def trial_artifacts(trial: Any, storage: Any) -> list[dict[str, Any]]:
+    """The artifact metadata (artifact_id, filename, mimetype) Optuna stored on a trial."""
+    import dataclasses
+
+    import optuna
+
+    return [dataclasses.asdict(m) for m in optuna.artifacts.get_all_artifact_meta(trial, storage=storage)]

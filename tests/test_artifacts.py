@@ -11,6 +11,7 @@ import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search import artifacts
+from tests.conftest import trial_artifacts
 from search.errors import UsageError
 from search import optuna_compat as compat
 
@@ -68,7 +69,7 @@ def test_uploaded_pictures_are_the_trials_artifacts_and_the_drawing_directory_is
     files = _pictures(tmp_path)
     ids = artifacts.upload_pictures(trial, files, where)
     s.tell(trial, 1.0)
-    metas = artifacts.trial_artifacts(s.get_trials()[0], compat.storage_of(s))
+    metas = trial_artifacts(s.get_trials()[0], compat.storage_of(s))
     assert sorted(m["filename"] for m in metas) == ["learning_curves.png", "test_confusion_matrix.png"]
     assert sorted(ids) == sorted(m["artifact_id"] for m in metas)
     with artifacts.store(where).open_reader(ids[0]) as f:
@@ -88,7 +89,7 @@ def test_a_picture_that_cannot_be_stored_never_fails_the_trial_nor_points_at_not
     assert t.state == optuna.trial.TrialState.COMPLETE
     assert "could not draw the ROC curves" in t.user_attrs["artifact_error"]
     assert "is not a writable directory" in t.user_attrs["artifact_error"]
-    assert artifacts.trial_artifacts(t, compat.storage_of(s)) == []
+    assert trial_artifacts(t, compat.storage_of(s)) == []
     assert not Path(files[0]).parent.exists()  # the drawing directory is cleaned up anyway
 
 

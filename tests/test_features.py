@@ -251,7 +251,8 @@ def test_cached_head_equals_backbone_in_the_loop():
     feats = backbone.predict(x, batch_size=16, verbose=0)
     p = head.HeadParams(units=64, dropout=0.3, l1=1e-5, l2=1e-4, learning_rate=1e-3, batch_size=16, epochs=2)
 
-    cached, _ = head.train_head(feats, y, 10, p, seed=7)
+    cached = head.build_head(feats.shape[1], 10, p, seed=7)
+    head.fit(cached, feats, y, p, seed=7)
     in_loop = head.full_model(backbone, head.build_head(feats.shape[1], 10, p, seed=7))
     head.fit(in_loop, x, y, p, seed=7)
 

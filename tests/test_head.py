@@ -15,6 +15,11 @@ from search.errors import TrialFailed
 P = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=0.0, learning_rate=3e-3, batch_size=16, epochs=3)
 
 
+def train_head(x, y, n_classes, p, seed):
+    model = head.build_head(x.shape[1], n_classes, p, seed)
+    return model, head.fit(model, x, y, p, seed)
+
+
 @pytest.fixture(scope="module")
 def xy():
     rng = np.random.default_rng(0)
@@ -78,7 +83,7 @@ def test_a_non_finite_loss_fails_the_trial(xy):
     x, y = xy
     p = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=1e38, learning_rate=1e-3, batch_size=16, epochs=2)
     with pytest.raises(TrialFailed, match="^training loss became NaN/inf at epoch 1$") as e:
-        head.train_head(x, y, 5, p, seed=0)
+        train_head(x, y, 5, p, seed=0)
     assert e.value.kind == "nan"
 
 
@@ -87,7 +92,7 @@ def test_every_loss_handling_trains(xy, handling, smoothing):
     x, y = xy
     p = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=0.0, learning_rate=3e-3, batch_size=16, epochs=2,
                         handling=handling, label_smoothing=smoothing)
-    model, fit = head.train_head(x, y, 5, p, seed=0)
+    model, fit = train_head(x, y, 5, p, seed=0)
     proba, seconds = head.predict(model, x)
     assert np.isfinite(fit.history["loss"]).all() and fit.history["loss"][1] < fit.history["loss"][0]
     assert proba.shape == (300, 5) and np.allclose(proba.sum(axis=1), 1, atol=1e-5) and seconds > 0
@@ -95,8 +100,8 @@ def test_every_loss_handling_trains(xy, handling, smoothing):
 
 def test_the_same_seed_trains_the_same_head(xy):
     x, y = xy
-    a, _ = head.train_head(x, y, 5, P, seed=3)
-    b, _ = head.train_head(x, y, 5, P, seed=3)
+    a, _ = train_head(x, y, 5, P, seed=3)
+    b, _ = train_head(x, y, 5, P, seed=3)
     np.testing.assert_allclose(head.predict(a, x[:20])[0], head.predict(b, x[:20])[0], atol=1e-6)
 
 
@@ -126,9 +131,9 @@ def test_steps_grouped_into_one_call_train_the_same_head_as_one_step_per_call(mo
     p = head.HeadParams(units=16, dropout=0.3, l1=1e-4, l2=1e-4, learning_rate=3e-3, batch_size=16, epochs=2,
                         handling=handling)
     assert runtime.STEPS_PER_CALL > 1
-    grouped, fit_grouped = head.train_head(x, y, 5, p, seed=5)
+    grouped, fit_grouped = train_head(x, y, 5, p, seed=5)
     monkeypatch.setattr(runtime, "STEPS_PER_CALL", 1)
-    single, fit_single = head.train_head(x, y, 5, p, seed=5)
+    single, fit_single = train_head(x, y, 5, p, seed=5)
     assert single.steps_per_execution == 1 and grouped.steps_per_execution > 1
     for a, b in zip(grouped.weights, single.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

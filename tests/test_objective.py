@@ -236,7 +236,7 @@ def test_pictures_are_uploaded_and_never_counted_as_measures(tmp_path):
                    n_trials=1)
     (t,) = study.get_trials()
     assert "pictures" not in t.user_attrs
-    from search.artifacts import trial_artifacts
+    from tests.conftest import trial_artifacts
 
     assert [m["filename"] for m in trial_artifacts(t, compat.storage_of(study))] == ["val_confusion_matrix.png"]
 

@@ -165,7 +165,7 @@ def test_a_real_trial_on_postgres_stores_its_measures_and_pictures(pg, tiny):
     (t,) = study.get_trials()
     assert t.state == TrialState.COMPLETE and t.user_attrs["keras_backend"] == "jax"
     assert sum(map(sum, t.user_attrs["test_confusion_matrix"])) == t.user_attrs["n_test"]
-    from search.artifacts import trial_artifacts
+    from tests.conftest import trial_artifacts
 
     metas = trial_artifacts(t, compat.storage_of(study))
     assert len(metas) == 4 and all((tiny.tmp / "pictures" / m["artifact_id"]).is_file() for m in metas)
