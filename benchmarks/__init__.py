@@ -4,9 +4,12 @@
   a separate small-slice equivalence check), head-training sweeps, trials, Optuna overhead, KerasTuner.
 - ``python -m benchmarks.study [--workers N] [--md]``: the user's 30-trial ``fmnist_reg`` study, end to end.
 - ``python -m benchmarks.trial jax``: one full-size trial and where its time outside ``fit`` goes.
-- ``python -m benchmarks.bf16``: float32 vs ``mixed_bfloat16`` head training on JAX, 3 seeds.
-- ``python -m benchmarks.threads``: the head on 1 core, 2 cores, and two processes at once.
-- ``python -m benchmarks.storage_load``: Optuna storages under concurrent workers.
+- ``python -m benchmarks.kill_test``: seeded SIGKILLs over every stage, each resumed with the same command.
+- ``python -m benchmarks.snapshots``, ``benchmarks.augmentation``, ``benchmarks.paired``, ``benchmarks.memory_spread``:
+  the multi-fidelity, augmentation, paired-study and memory-spread measurements of RESULTS.md.
+
+One-off experiments whose figures RESULTS.md keeps (bf16, dispatch, threads, storage_load) were removed after
+commit fdf3f5c; ``git show fdf3f5c:benchmarks/NAME.py`` gives their code.
 
 Every Keras measurement runs in a fresh child process through ``search.isolate.run_isolated`` (the path a trial
 takes), so the Keras backend is chosen per measurement (``KERAS_BACKEND``) and each peak memory belongs to that

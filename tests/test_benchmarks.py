@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from benchmarks import bf16, cache_vs_full, dispatch, optuna_overhead, study, threads
+from benchmarks import cache_vs_full, optuna_overhead, study
 from benchmarks import trial as btrial
 from benchmarks.common import child, gemm_gflops, head_train_flops, load_warning, matmul_gflops
 from benchmarks.report import markdown, targets
@@ -188,48 +188,6 @@ def test_breakdown_uses_a_pictures_stage_the_trial_reports():
 def test_metric_reads_split_prefixed_names_first():
     assert btrial.metric({"test_accuracy": 0.8, "accuracy": 0.7}, "accuracy") == 0.8
     assert btrial.metric({"accuracy": 0.7}, "accuracy") == 0.7
-
-
-# ---------------------------------------------------------------- bf16 and threads arithmetic
-
-def test_bf16_accuracy_holds_within_the_tolerance_of_the_mean():
-    def run(policy, seed, acc, steady):
-        return {"policy": policy, "seed": seed, "accuracy": acc, "epoch_s": [9.0, steady, steady], "n_train": 100,
-                "load_avg_before": [0.1, 0.1, 0.1]}
-
-    runs = [run("float32", 0, 0.800, 10.0), run("float32", 1, 0.810, 10.0),
-            run("mixed_bfloat16", 0, 0.790, 5.0), run("mixed_bfloat16", 1, 0.812, 5.0)]
-    s = bf16.summarize(runs)
-    assert s["speedup"] == 2.0 and s["accuracy_diff"] == pytest.approx(-0.004) and s["accuracy_holds"]
-    runs[3]["accuracy"] = 0.806  # mean drop 0.007
-    s = bf16.summarize(runs)
-    assert not s["accuracy_holds"] and "does NOT hold within 0.005" in bf16.table(runs, s)
-
-
-def test_dispatch_compares_median_steady_epochs_and_says_whether_both_arms_trained_the_same_head():
-    def run(n, rnd, epochs, fit_s, loss=0.5, acc=0.8):
-        return {"steps_per_call": n, "round": rnd, "seed": 0, "epoch_s": epochs, "fit_s": fit_s,
-                "compile_time_s": 0.5, "loss": [1.0, loss], "accuracy": acc, "load_avg_before": [0.1, 0.1, 0.1]}
-
-    runs = [run(1, 1, [9.0, 7.0, 7.2], 23.2), run(32, 1, [9.0, 6.0, 6.6], 21.6),
-            run(32, 2, [8.0, 6.4, 9.0], 23.4), run(1, 2, [8.0, 6.8, 7.0], 21.8)]
-    s = dispatch.summarize(runs)
-    # medians of epochs 2.. over both rounds: 7.0 (7.0, 7.2, 6.8, 7.0) vs 6.5 (6.0, 6.6, 6.4, 9.0)
-    assert s["arms"][1]["median_steady_epoch_s"] == 7.0 and s["arms"][32]["median_steady_epoch_s"] == 6.5
-    assert s["speedup"] == pytest.approx(7.0 / 6.5) and s["fit_speedup"] == pytest.approx(22.5 / 22.5)
-    assert s["same_head"] and "same head in both arms (equal losses and accuracy): yes" in dispatch.table(runs, s)
-    runs[1]["loss"] = [1.0, 0.50001]  # one arm trained another head
-    s = dispatch.summarize(runs)
-    assert not s["same_head"] and "(equal losses and accuracy): NO" in dispatch.table(runs, s)
-
-
-def test_threads_throughput_sums_the_processes_and_reports_their_overlap():
-    one = {"cores": [0], "rows": 1000, "marks": [0.0, 3.0, 5.0, 7.0]}        # steady 2 s: 500 rows/s
-    other = {"cores": [1], "rows": 1000, "marks": [1.0, 4.0, 8.0, 12.0]}     # steady 4 s: 250 rows/s
-    m = threads.summarize_mode("2 x 1 core", [one, other])
-    assert m["rows_per_s"] == 750 and m["steady_epoch_s"] == 3.0
-    assert m["overlap"] == pytest.approx((7.0 - 4.0) / (12.0 - 3.0))
-    assert threads.summarize_mode("1 core", [one])["overlap"] is None
 
 
 # ---------------------------------------------------------------- benchmarks.study: figures and RESULTS.md
