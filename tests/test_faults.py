@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from search import run
 from search import storage as sto
 
-from .conftest import ROOT, STAND_IN_CLI, TINY_CONFIG, Tiny, lines, run_cli, stop, wait_for
+from .conftest import ROOT, STAND_IN_CLI, TINY_CONFIG, Tiny, cli_env, lines, run_cli, stop, wait_for
 from .test_workers import running_trials
 from .test_config import BAD, HUGE, SMOKE
 
@@ -404,6 +404,23 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
     assert r.returncode == 0, r.stderr[-3000:]
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
     assert states.count(TrialState.COMPLETE) == 4 and TrialState.RUNNING not in states
+
+
+def test_a_full_disk_under_the_report_folder_is_one_line_and_the_earlier_report_stays(tmp_path, small_disk):
+    from .test_report_fixtures import small_study, sqlite
+
+    storage = sqlite(tmp_path / "s.db")  # the database on a disk with space: only the report's folder is full
+    small_study(storage)
+    out = small_disk / "report"
+    args = [sys.executable, "-m", "search.report", "--study", "search", "--storage", storage, "--out", str(out)]
+    assert subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _fill(small_disk)
+    r = subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines(r.stderr) == [f"error: --out: cannot write the report to {out}: No space left on device"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report, whole
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "report"]  # no half-written folder left
 
 
 # ---------------------------------------------------------------- randomized kills (benchmarks.kill_test)
