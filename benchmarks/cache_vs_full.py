@@ -88,9 +88,10 @@ def cached_rate(spec: dict[str, Any], report) -> dict[str, Any]:
     import keras
     import numpy as np
 
+    from benchmarks.common import load_verified
     from search import data, features, head
 
-    xf, y = features.load_verified(spec["cache_dir"], spec["key"])
+    xf, y = load_verified(spec["cache_dir"], spec["key"])
     rows = min(spec["rows"], len(y))
     idx = np.arange(len(y)) if rows == len(y) else data.split_indices(y, rows / len(y), spec["seed"])[0]
     x, yt = np.asarray(xf[idx], np.float32), y[idx]  # in RAM before timing, as in a trial
@@ -138,11 +139,12 @@ def equivalence(spec: dict[str, Any], report) -> dict[str, Any]:
     import keras
     import numpy as np
 
+    from benchmarks.common import load_verified
     from search import backbones, data, features, head, metrics
 
     seed = spec["seed"]
     pooled = data.load_pooled("fashion_mnist", spec.get("data_dir"), spec["subset"])
-    xf, y = features.load_verified(spec["cache_dir"], spec["key"])
+    xf, y = load_verified(spec["cache_dir"], spec["key"])
     if not np.array_equal(y, pooled.labels):
         raise ValueError("the cache entry does not hold this slice")
     tr, te = data.split_indices(y, spec["split_ratio"], seed)

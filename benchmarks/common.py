@@ -192,3 +192,12 @@ def ensure_features(cache_dir: Path, subset: int, dataset: str = "fashion_mnist"
 
     features.ensure_cached(Path(cache_dir), key, build)
     return Cached(str(cache_dir), key, len(pooled.labels), timing or None)
+
+
+def load_verified(cache_dir: Path | str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every row (CRC-verified) and the labels of a plain feature-cache entry, in memory."""
+    store = features.FeatureStore(cache_dir, key)
+    try:
+        return store.take(np.arange(store.n)), store.labels
+    finally:
+        store.close()

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import N_CLASSES, N_FEATURES, head_train_flops
+from benchmarks.common import N_CLASSES, N_FEATURES, head_train_flops, load_verified
 from search import data, features, head, metrics
 
 
 def _features(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if spec.get("key"):
-        x, y = features.load_verified(spec["cache_dir"], spec["key"])
+        x, y = load_verified(spec["cache_dir"], spec["key"])
         return np.asarray(x, np.float32), y
     rng = np.random.default_rng(0)  # tiny synthetic inputs (tests)
     y = rng.integers(0, N_CLASSES, spec["n_rows"])

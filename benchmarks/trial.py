@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import child, load_text, load_warning, loadavg
+from benchmarks.common import child, load_text, load_verified, load_warning, loadavg
 from search import data, features
 from search.config.choices import DATASETS
 
@@ -167,7 +167,7 @@ def extrapolate(r: dict[str, Any], epochs: int, train_share: float = 1.0) -> flo
 def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
     """The same cache entry with float16 features in ``dst_dir`` (trial.py reads it unchanged: it casts rows)."""
     def build(tmp: Path) -> None:
-        x, y = features.load_verified(src_dir, key)
+        x, y = load_verified(src_dir, key)
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=x.shape)
         for s in range(0, len(x), 8192):
             out[s:s + 8192] = x[s:s + 8192]
@@ -176,8 +176,8 @@ def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
         np.save(tmp / "labels.npy", y)
 
     features.ensure_cached(dst_dir, key, build)
-    x32, _ = features.load_verified(src_dir, key)
-    x16, y = features.load_verified(dst_dir, key)
+    x32, _ = load_verified(src_dir, key)
+    x16, y = load_verified(dst_dir, key)
     finite = bool(np.isfinite(x16).all())
     rel = float(np.abs(x16[:2000].astype(np.float32) - x32[:2000]).max() / (np.abs(x32[:2000]).max() or 1))
     tr, _ = data.split_indices(y, 0.8, 0)

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import cache_vs_full, optuna_overhead, study
@@ -138,6 +139,24 @@ def test_head_sweep_on_tiny_synthetic_features():
     assert [r["batch_size"] for r in rows] == [32, 128]
     assert all(len(r["epoch_s"]) == 2 for r in rows)
     assert 0 <= t.result["accuracy"]["accuracy"] <= 1
+
+
+def test_head_sweep_reads_every_row_of_a_feature_cache_entry(tmp_path):
+    from benchmarks.common import load_verified
+    from search import features
+
+    y = np.repeat(np.arange(10), 30)
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+
+    def build(tmp):
+        np.save(tmp / "features.npy", x)
+        np.save(tmp / "labels.npy", y)
+
+    features.ensure_cached(tmp_path, "k", build)
+    got_x, got_y = load_verified(tmp_path, "k")
+    assert np.array_equal(got_x, x) and np.array_equal(got_y, y)
+    spec = {"cache_dir": str(tmp_path), "key": "k", "n_rows": 300, "units": 16, "batch_sizes": [32], "epochs": 1}
+    assert [r["batch_size"] for r in child("benchmarks.head_speed:sweep", spec).result["rows"]] == [32]
 
 
 # ---------------------------------------------------------------- benchmarks.trial: the breakdown
