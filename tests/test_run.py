@@ -379,7 +379,7 @@ def test_a_validation_study_names_attributes_and_pictures_by_split(tiny):
     assert t.user_attrs["val_time_s"] > 0 and t.user_attrs["test_time_s"] > 0
     assert sum(map(sum, t.user_attrs["val_confusion_matrix"])) == t.user_attrs["n_val"]
     assert sum(map(sum, t.user_attrs["test_confusion_matrix"])) == t.user_attrs["n_test"]
-    from search.artifacts import trial_artifacts
+    from tests.conftest import trial_artifacts
 
     names = sorted(m["filename"] for m in trial_artifacts(t, compat.storage_of(study)))
     assert names == sorted(["val_confusion_matrix.png", "val_per_class_recall.png", "val_roc_curves.png",
