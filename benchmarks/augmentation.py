@@ -1,6 +1,6 @@
 """``python -m benchmarks.augmentation``: does training on cached augmented views match online augmentation?
 
-Runs the service's own trials (search.trial.run_trial, each in its own process,
+Runs the service's own trials (search.trial.child.run_trial, each in its own process,
 as search.run runs them) under fmnist_balance's balanced arm (the paper's
 Table 5: rotation 20 degrees, shifts 0.2, horizontal flip, batch 32, Dense
 1024 without dropout; held-out test split) on a stratified Fashion-MNIST
@@ -35,13 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search import augment, backbones, data, features
-from search.runtime import extraction_backend, runtime_identity
-from search.config.choices import DATASETS
 from search.config import SEARCHABLE, StudyConfig, load_config
+from search.config.choices import DATASETS
+from search.data import datasets
+from search.features import backbones, feature_cache
 from search.isolate import run_isolated
-from search.objective import Context, resolve_params, trial_spec
-from search.repeats import summarize
+from search.runtime import extraction_backend, runtime_identity
+from search.study.objective import Context, resolve_params, trial_spec
+from search.study.repeats import summarize
+from search.training import augment
 
 BASE_STUDY = "fmnist_balance"   # its balanced arm is the paper's augmented setting (Table 5)
 BASE_ARM = "balanced"
@@ -114,7 +116,7 @@ def _extract(target: str, spec: dict[str, Any], cache_dir: Path, key: str, n_ima
         timing.update(wall_s=wall, images=done[-1][1]["total"] if done else n_images, images_per_s=rate,
                       steady=steady, peak_memory_mb=out.peak_memory_mb)
 
-    features.ensure_cached(cache_dir, key, build)
+    feature_cache.ensure_cached(cache_dir, key, build)
     if timing:
         timing["size_mb"] = (cache_dir / key / "features.npy").stat().st_size / 2**20
     return timing or None
@@ -125,24 +127,24 @@ def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     base = load_config(BASE_STUDY)
     weights = backbones.resolve_weights(a.weights)
     runtime = runtime_identity("jax")
-    pooled = data.load_pooled("fashion_mnist", a.data_dir, a.subset)
+    pooled = datasets.load_pooled("fashion_mnist", a.data_dir, a.subset)
     fingerprint = pooled.fingerprint()
     n = len(pooled.labels)
     plain_cfg = arm_config(base, "none", 1, a.epochs, a.subset, a.weights)
-    key = features.cache_key("fashion_mnist", a.subset, plain_cfg.preprocessing.name, plain_cfg.preprocessing.resize,
+    key = feature_cache.cache_key("fashion_mnist", a.subset, plain_cfg.preprocessing.name, plain_cfg.preprocessing.resize,
                              weights, fingerprint, runtime)
     log(f"{n} images; plain features")
     plain_job = {"dataset": "fashion_mnist", "data_dir": str(a.data_dir) if a.data_dir else None,
                  "subset": a.subset, "subset_seed": 0, "preprocessing": plain_cfg.preprocessing.name,
                  "resize": plain_cfg.preprocessing.resize, "weights": vars(weights)}
-    extraction = {"plain": _extract("search.features:extract_job", plain_job, cache_dir, key, n)}
+    extraction = {"plain": _extract("search.features.feature_cache:extract_job", plain_job, cache_dir, key, n)}
 
     arms: list[tuple[str, StudyConfig, dict[str, Any]]] = [("none", plain_cfg, {})]
     for v in a.view_counts:
         cfg = arm_config(base, "views", v, a.epochs, a.subset, a.weights)
         vkey = augment.view_key(cfg, weights, fingerprint, runtime)
         log(f"{v} augmented view(s) per image")
-        extraction[f"views V={v}"] = _extract("search.features:extract_views_job",
+        extraction[f"views V={v}"] = _extract("search.features.feature_cache:extract_views_job",
                                               augment.views_job_spec(cfg, weights, a.data_dir), cache_dir, vkey, n * v)
         arms.append((f"views V={v}", cfg, augment.extra_spec(cfg, views_key=vkey, weights=weights,
                                                               fingerprint=fingerprint, data_dir=a.data_dir)))
@@ -181,13 +183,13 @@ def memory(a: argparse.Namespace, cache_dir: Path, n_views: int) -> dict[str, An
     import numpy as np
 
     base = load_config(BASE_STUDY)
-    labels = data.load_pooled("fashion_mnist", a.data_dir, 0).labels
+    labels = datasets.load_pooled("fashion_mnist", a.data_dir, 0).labels
     n, width = len(labels), 2048
     rng = np.random.default_rng(0)
 
     def write(key: str, shape: tuple[int, ...]) -> None:
         def build(tmp: Path) -> None:
-            f = features.open_features(tmp / "features.npy", shape)
+            f = feature_cache.open_features(tmp / "features.npy", shape)
             rows = f.reshape(-1, width)
             for start in range(0, len(rows), 8192):
                 rows[start:start + 8192] = rng.random((min(8192, len(rows) - start), width), dtype=np.float32)
@@ -195,7 +197,7 @@ def memory(a: argparse.Namespace, cache_dir: Path, n_views: int) -> dict[str, An
             del f, rows
             np.save(tmp / "labels.npy", labels)
 
-        features.ensure_cached(cache_dir, key, build)
+        feature_cache.ensure_cached(cache_dir, key, build)
 
     log(f"synthetic full-size caches: plain ({n}, {width}) and views ({n_views}, {n}, {width})")
     write("synthetic-plain", (n, width))

@@ -4,7 +4,7 @@
    (every epoch but the first, which carries tracing and compilation).  Each side runs in its own child on the
    backend a user gets by default for it: the cached head on JAX (the trials' default), the backbone in the loop
    on TensorFlow (the extraction default, and the faster one for ResNet50 here).  Same head
-   (``search.head.build_head``), batch 32, epochs timed by ``search.head.fit``'s per-epoch hook (a Keras
+   (``search.training.head.build_head``), batch 32, epochs timed by ``search.training.head.fit``'s per-epoch hook (a Keras
    callback's ``on_epoch_end``), so a steady epoch is end-of-epoch to end-of-epoch: everything an epoch costs.
 2. **Equivalence** (``equivalence``): on a small slice, in one child and one backend, the head trained on the
    cached features and the same head trained with the backbone in the loop (same seed, same batches) give the
@@ -64,7 +64,7 @@ def rates_line(r: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- child targets
 
 def _params(epochs: int, units: int = 1024):
-    from search import head
+    from search.training import head
 
     # fmnist_reg's fixed head (1024 units, Adam 1e-3) with a mid-range dropout; regularization off on both sides.
     return head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3, batch_size=BATCH,
@@ -72,8 +72,8 @@ def _params(epochs: int, units: int = 1024):
 
 
 def _timed_fit(model, x, y, p, seed: int) -> list[float]:
-    """Seconds per epoch from search.head.fit's per-epoch hook; the first mark is taken just before fit."""
-    from search import head
+    """Seconds per epoch from search.training.head.fit's per-epoch hook; the first mark is taken just before fit."""
+    from search.training import head
 
     marks = [time.perf_counter()]
     head.fit(model, x, y, p, seed, on_epoch=lambda epoch, loss: marks.append(time.perf_counter()))
@@ -89,11 +89,13 @@ def cached_rate(spec: dict[str, Any], report) -> dict[str, Any]:
     import numpy as np
 
     from benchmarks.common import load_verified
-    from search import data, features, head
+    from search.data import datasets
+    from search.features import feature_cache
+    from search.training import head
 
     xf, y = load_verified(spec["cache_dir"], spec["key"])
     rows = min(spec["rows"], len(y))
-    idx = np.arange(len(y)) if rows == len(y) else data.split_indices(y, rows / len(y), spec["seed"])[0]
+    idx = np.arange(len(y)) if rows == len(y) else datasets.split_indices(y, rows / len(y), spec["seed"])[0]
     x, yt = np.asarray(xf[idx], np.float32), y[idx]  # in RAM before timing, as in a trial
     del xf
     p = _params(spec["epochs"], spec.get("units", 1024))
@@ -109,9 +111,11 @@ def loop_rate(spec: dict[str, Any], report) -> dict[str, Any]:
     """
     import keras
 
-    from search import backbones, data, head
+    from search.data import datasets
+    from search.features import backbones
+    from search.training import head
 
-    pooled = data.load_pooled("fashion_mnist", spec.get("data_dir"), spec["images"])
+    pooled = datasets.load_pooled("fashion_mnist", spec.get("data_dir"), spec["images"])
     x = backbones.to_backbone_input(pooled.images, "unit")  # preprocessing outside the timed part, as extraction
     backbone = backbones.build_backbone(backbones.resolve_weights("random"))
     p = _params(spec["epochs"], spec.get("units", 1024))
@@ -140,14 +144,17 @@ def equivalence(spec: dict[str, Any], report) -> dict[str, Any]:
     import numpy as np
 
     from benchmarks.common import load_verified
-    from search import backbones, data, features, head, metrics
+    from search.data import datasets
+    from search.features import backbones, feature_cache
+    from search.training import head
+    from search.trial import metrics
 
     seed = spec["seed"]
-    pooled = data.load_pooled("fashion_mnist", spec.get("data_dir"), spec["subset"])
+    pooled = datasets.load_pooled("fashion_mnist", spec.get("data_dir"), spec["subset"])
     xf, y = load_verified(spec["cache_dir"], spec["key"])
     if not np.array_equal(y, pooled.labels):
         raise ValueError("the cache entry does not hold this slice")
-    tr, te = data.split_indices(y, spec["split_ratio"], seed)
+    tr, te = datasets.split_indices(y, spec["split_ratio"], seed)
     p = _params(spec["epochs"], spec.get("units", 1024))
 
     report(stage="cached")

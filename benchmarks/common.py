@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from search import backbones, data, features
+from search.data import datasets
 from search.errors import MissingExtra, require_modules
+from search.features import backbones, feature_cache
 from search.isolate import run_isolated
 
 N_CLASSES = 10
@@ -38,7 +39,7 @@ def kept_study(db: str, name: str | None = None):
     ``db`` a SQLite path or a storage URL; ``name`` by default the only study there, else fmnist_reg-random."""
     import optuna
 
-    from search import storage
+    from search.study import storage
 
     url = db if "://" in db else f"sqlite:///{Path(db).resolve()}"
     st = storage.open_existing(url)
@@ -171,16 +172,16 @@ class Cached:
 def ensure_features(cache_dir: Path, subset: int, dataset: str = "fashion_mnist",
                     data_dir: Path | None = None) -> Cached:
     """Cached random-weight ResNet50 features of a Fashion-MNIST slice (0: all 70,000), built as the service does."""
-    pooled = data.load_pooled(dataset, data_dir, subset)
+    pooled = datasets.load_pooled(dataset, data_dir, subset)
     weights = backbones.resolve_weights("random")
-    key = features.cache_key(dataset, subset, "unit", "bilinear", weights, pooled.fingerprint())
+    key = feature_cache.cache_key(dataset, subset, "unit", "bilinear", weights, pooled.fingerprint())
     timing: dict[str, Any] = {}
 
     def build(tmp: Path) -> None:
         spec = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "subset": subset,
                 "subset_seed": 0, "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights),
                 "out_dir": str(tmp)}
-        t = child("search.features:extract_job", spec)
+        t = child("search.features.feature_cache:extract_job", spec)
         progress = [(s, e) for s, e in t.events if e.get("stage") == "extracting features" and e.get("done")]
         timing.update(wall_s=t.wall_s, peak_memory_mb=t.peak_memory_mb, n=len(pooled.labels))
         if len(progress) >= 2:
@@ -190,13 +191,13 @@ def ensure_features(cache_dir: Path, subset: int, dataset: str = "fashion_mnist"
         else:
             timing.update(steady_images=len(pooled.labels), steady_s=t.wall_s)
 
-    features.ensure_cached(Path(cache_dir), key, build)
+    feature_cache.ensure_cached(Path(cache_dir), key, build)
     return Cached(str(cache_dir), key, len(pooled.labels), timing or None)
 
 
 def load_verified(cache_dir: Path | str, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Every row (CRC-verified) and the labels of a plain feature-cache entry, in memory."""
-    store = features.FeatureStore(cache_dir, key)
+    store = feature_cache.FeatureStore(cache_dir, key)
     try:
         return store.take(np.arange(store.n)), store.labels
     finally:

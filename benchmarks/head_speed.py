@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import N_CLASSES, N_FEATURES, head_train_flops, load_verified
-from search import data, features, head, metrics
+from search.data import datasets
+from search.features import feature_cache
+from search.training import head
+from search.trial import metrics
 
 
 def _features(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +24,7 @@ def _features(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit(model, x, y, p: head.HeadParams, seed: int) -> list[float]:
-    """Per-epoch seconds, through the production path (search.head.fit and its per-epoch hook)."""
+    """Per-epoch seconds, through the production path (search.training.head.fit and its per-epoch hook)."""
     marks = [time.perf_counter()]
     head.fit(model, x, y, p, seed, on_epoch=lambda e, loss: marks.append(time.perf_counter()))
     return list(np.diff(marks))
@@ -62,7 +65,7 @@ def sweep(spec: dict[str, Any], report) -> dict[str, Any]:
     if acc:
         xa, ya = _features(spec)
         xa, ya = xa[:acc.get("rows", len(xa))], ya[:acc.get("rows", len(ya))]
-        tr, te = data.split_indices(ya, 0.8, 0)
+        tr, te = datasets.split_indices(ya, 0.8, 0)
         p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3,
                             batch_size=acc["batch_size"], epochs=acc["epochs"])
         x = np.asarray(xa[tr], np.float32)

@@ -86,10 +86,11 @@ def kt_search(spec: dict[str, Any], report) -> dict[str, Any]:
     import keras_tuner as kt
     from sklearn.model_selection import train_test_split
 
-    from search import backbones, data
+    from search.data import datasets
+    from search.features import backbones
 
     start = time.perf_counter()
-    pooled = data.load_pooled("fashion_mnist", None, spec["subset"])
+    pooled = datasets.load_pooled("fashion_mnist", None, spec["subset"])
     x = backbones.to_backbone_input(pooled.images, "unit")  # the same [0, 1] pixels, 3 channels, 32x32
     y = pooled.labels
     lo, hi = spec["epochs"]

@@ -1,7 +1,7 @@
 """Which memory measure should fmnist_reg minimize?  The spread of each over repeated identical trials.
 
 ``python -m benchmarks.memory_spread [--repeats 5] [--epochs 2] [--subset 0]`` runs the same fmnist_reg trial
-(same parameters, same seed) several times through the production path (search.trial.run_trial, each in a
+(same parameters, same seed) several times through the production path (search.trial.child.run_trial, each in a
 fresh process, as a study runs it) and prints mean, standard deviation and range of ``peak_memory_mb`` (the
 process's high-water mark) and ``trial_memory_mb`` (the peak above the process's baseline once Keras and its
 backend are loaded).  Identical trials should use identical memory: whatever spread a measure shows is noise
@@ -18,11 +18,12 @@ import tempfile
 from pathlib import Path
 
 from search import config as cfg
-from search import backbones, data, features
-from search.runtime import extraction_backend, runtime_identity
 from search.config.choices import DATASETS
-from search import objective as obj
+from search.data import datasets
+from search.features import backbones, feature_cache
 from search.isolate import run_isolated
+from search.runtime import extraction_backend, runtime_identity
+from search.study import objective as obj
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,18 +37,18 @@ def main(argv: list[str] | None = None) -> int:
 
     config = cfg.load_config("fmnist_reg").with_weights("random")
     cache_dir = a.cache_dir or Path(tempfile.mkdtemp(prefix="memspread-"))
-    pooled = data.load_pooled("fashion_mnist", None, a.subset)
+    pooled = datasets.load_pooled("fashion_mnist", None, a.subset)
     weights = backbones.resolve_weights("random")
     runtime = runtime_identity(a.backend)
-    key = features.cache_key("fashion_mnist", a.subset, "unit", "bilinear", weights, pooled.fingerprint(), runtime)
+    key = feature_cache.cache_key("fashion_mnist", a.subset, "unit", "bilinear", weights, pooled.fingerprint(), runtime)
 
     def build(tmp: Path) -> None:
-        run_isolated("search.features:extract_job", {
+        run_isolated("search.features.feature_cache:extract_job", {
             "dataset": "fashion_mnist", "data_dir": None, "subset": a.subset, "subset_seed": 0,
             "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights), "out_dir": str(tmp)},
             env={"KERAS_BACKEND": extraction_backend()})
 
-    features.ensure_cached(cache_dir, key, build)
+    feature_cache.ensure_cached(cache_dir, key, build)
     ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=10, target=0,
                       class_names=DATASETS["fashion_mnist"].class_names)
     params = obj.resolve_params(config, {"split_ratio": 0.8, "epochs": a.epochs, "l1": 0.0, "l2": 1e-4,

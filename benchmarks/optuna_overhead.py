@@ -1,7 +1,7 @@
 """Optuna's cost per trial: the service's objective with the trial process replaced by a no-op, on SQLite.
 
-Curve 1 ("service"): search.study.open_storage (SQLite, WAL, heartbeat) + the
-fmnist_reg config's 4-objective TPE sampler + search.objective.make_objective
+Curve 1 ("service"): search.study.lifecycle.open_storage (SQLite, WAL, heartbeat) + the
+fmnist_reg config's 4-objective TPE sampler + search.study.objective.make_objective
 (owner mark, slot check, ~20 user attributes), its trial runner
 (``Context.runner``) a stub returning a realistic result at once.  Curve 2
 ("sampler"): the same TPE sampler and search space on in-memory storage with a
@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _fake_result(rng: np.random.Generator) -> dict[str, Any]:
-    from search import metrics
+    from search.trial import metrics
 
     y = rng.integers(0, 10, 500)
     proba = rng.dirichlet(np.ones(10), 500)
@@ -38,13 +38,10 @@ def _windows(stamps: list[float], width: int) -> list[dict[str, Any]]:
 def measure(n_trials: int, workdir: Path, window: int = 50) -> dict[str, Any]:
     import optuna
 
-    from search import config as cfg
-    from search import runtime
-    from search import objective as obj
-    from search import storage as sto
-    from search import study as st
+    from search import config as cfg, runtime
     from search.isolate import Outcome
-    from search.samplers import make_sampler
+    from search.study import lifecycle as st, objective as obj, storage as sto
+    from search.study.samplers import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

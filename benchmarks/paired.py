@@ -23,7 +23,7 @@ def trials(url: str, name: str | None) -> dict[int, dict[str, Any]]:
     import optuna
 
     from benchmarks.common import kept_study
-    from search.snapshots import is_snapshot
+    from search.study.snapshots import is_snapshot
 
     study, _ = kept_study(url, name)
     out = {}

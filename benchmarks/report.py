@@ -121,7 +121,7 @@ def markdown(res: dict[str, Any]) -> str:
               f"{equivalence_line(res['equivalence'])}.", ""]
 
     e = res["extraction"]
-    L += [f"**Feature extraction** (one-time, `search.features.extract_job` in a child): {e['n_images']} images in "
+    L += [f"**Feature extraction** (one-time, `search.features.feature_cache.extract_job` in a child): {e['n_images']} images in "
           f"{e['wall_s']:.1f} s wall (process start and model build included), "
           f"{'steady' if e['steady'] else 'wall-inclusive (one chunk)'} {e['images_per_s']:.0f} images/s "
           f"= {e['gflops']:.1f} GFLOP/s ({e['share_of_matmul']:.0%} of matmul; ResNet50 at 32x32 = "
@@ -137,7 +137,7 @@ def markdown(res: dict[str, Any]) -> str:
             L.append(f"| {s['name']} | {s['n_rows']} | {r['batch_size']} | {r['steady_epoch_s']:.2f} | "
                      f"{r['gflops']:.1f} | {r['gflops'] / lim:.0%} | {acc if i == 0 else ''} |")
 
-    L += ["", "**fmnist_reg-shaped trials** (`search.trial.run_trial` in a child; 1024 units, batch 32, split 0.8):", "",
+    L += ["", "**fmnist_reg-shaped trials** (`search.trial.child.run_trial` in a child; 1024 units, batch 32, split 0.8):", "",
           "| backend | features | images | train rows | epochs | wall s | first epoch s | steady epoch s | peak MB | accuracy |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for t in res["trials"]:

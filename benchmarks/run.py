@@ -137,7 +137,7 @@ def run(plan_name: str, workdir: Path, full_cache_dir: Path) -> dict[str, Any]:
                              policy="mixed_bfloat16", accuracy=acc))
     res["head_sweeps"] = sweeps
 
-    log("fmnist_reg-shaped trials (search.trial.run_trial in a child)")
+    log("fmnist_reg-shaped trials (search.trial.child.run_trial in a child)")
     tcached = ensure_features(cache, plan["trial_subset"])
     trials = []
     for backend in plan["trial_backends"]:
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = a.workdir or out.parent / f"work-{plan}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from search.features import default_cache_dir
+    from search.features.feature_cache import default_cache_dir
 
     res = run(plan, workdir, a.cache_dir or default_cache_dir())
     res["command"] = "python -m benchmarks.run" + (" --quick" if a.quick else "") + (f" --out {a.out}" if a.out else "")

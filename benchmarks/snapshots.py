@@ -8,7 +8,7 @@ TPE, epochs 5-25), each from a fresh study, one trial at a time on this machine'
 - ``moasha``: snapshots + ``run.early_stopping = "moasha"`` (rungs 5, 10, 20);
 - ``topk``: the simple baseline "keep the top K after one epoch" (Egele et al. 2023): round after round,
   sample N configurations at random, train each for 1 epoch, keep the K best by the quality objectives
-  (non-dominated sorting, search.epochs.top_k), train those to their own sampled epochs (from scratch,
+  (non-dominated sorting, search.trial.epochs.top_k), train those to their own sampled epochs (from scratch,
   with snapshots, as the ``snapshots`` variant).  The 1-epoch screening runs count as wall time but are not
   points: 1 epoch is outside the searched range the other variants are held to.
 
@@ -207,9 +207,10 @@ class Setup:
 def prepare(plan: Plan, base) -> Setup:
     """Build the features with the service's own command (a 1-trial study of 1-2 epochs), then read what a
     study's identity says about them (as search.confirm does)."""
-    from search import backbones, features, storage
     from search.config.choices import DATASETS
-    from search.study import IDENTITY_ATTR
+    from search.features import backbones, feature_cache
+    from search.study import storage
+    from search.study.lifecycle import IDENTITY_ATTR
 
     plan.out.mkdir(parents=True, exist_ok=True)
     d = base.as_json()
@@ -231,9 +232,9 @@ def prepare(plan: Plan, base) -> Setup:
     st = storage.open_storage(url)
     ident = storage.load_study(st, "prepare").user_attrs[IDENTITY_ATTR]
     weights = backbones.Weights("recorded", None, ident["backbone"]["weights"])
-    key = features.cache_key(base.dataset.name, base.dataset.subset, base.preprocessing.name,
+    key = feature_cache.cache_key(base.dataset.name, base.dataset.subset, base.preprocessing.name,
                              base.preprocessing.resize, weights, ident["data_fingerprint"], ident["runtime"])
-    features.FeatureStore(plan.cache_dir, key).verify_all()
+    feature_cache.FeatureStore(plan.cache_dir, key).verify_all()
     return Setup(st, plan.cache_dir, key, ident["backbone"]["weights"], ident["data_fingerprint"], ident["runtime"],
                  tuple(DATASETS[base.dataset.name].class_names))
 
@@ -243,9 +244,8 @@ def prepare(plan: Plan, base) -> Setup:
 def fresh_study(setup: Setup, name: str, config):
     import optuna
 
-    from search import samplers
-    from search import study as st
     from search.config import study_identity
+    from search.study import lifecycle as st, samplers
 
     try:
         optuna.delete_study(study_name=name, storage=setup.storage)  # a benchmark run starts from nothing
@@ -258,9 +258,9 @@ def fresh_study(setup: Setup, name: str, config):
 
 def context(setup: Setup, config, deadline: float, backend: str):
     """The objective's context: trials in fresh processes as in the service, killed at the deadline."""
-    from search import objective as obj
     from search.errors import TrialFailed
     from search.isolate import run_isolated
+    from search.study import objective as obj
 
     def runner(spec, on_event, timeout):
         left = deadline - time.monotonic()
@@ -275,9 +275,8 @@ def context(setup: Setup, config, deadline: float, backend: str):
 
 
 def optimize(study, ctx, target: int, seconds: float | None) -> None:
-    from search import objective as obj
-    from search import study as st
     from search.errors import TooManyFailures
+    from search.study import lifecycle as st, objective as obj
 
     policy = st.RetryPolicy(grid=False, max_retries=0, max_failures=ctx.config.run.max_consecutive_failures)
     try:
@@ -312,10 +311,10 @@ def top_k_rounds(setup: Setup, study, config, seed: int, deadline: float, plan: 
     """Rounds of: N random configurations x 1 epoch, then the best K trained to their own epochs."""
     import optuna
 
-    from search import objective as obj
-    from search import epochs, snapshots
     from search.errors import TrialFailed
-    from search.trials import n_counted
+    from search.study import objective as obj, snapshots
+    from search.study.trials import n_counted
+    from search.trial import epochs
 
     ctx = context(setup, config, deadline, plan.backend)
     shadow = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))  # draws only, in memory
@@ -347,7 +346,7 @@ def top_k_rounds(setup: Setup, study, config, seed: int, deadline: float, plan: 
 def trial_counts(study) -> dict[str, int]:
     from optuna.trial import TrialState
 
-    from search.snapshots import STOPPED_AT, is_snapshot
+    from search.study.snapshots import STOPPED_AT, is_snapshot
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -360,7 +359,7 @@ def points_of(study, started: dt.datetime | None) -> list[dict[str, Any]]:
     """Every COMPLETE trial as (seconds since ``started``, accuracy, ROC AUC, train time, peak memory)."""
     from optuna.trial import TrialState
 
-    from search.snapshots import is_snapshot
+    from search.study.snapshots import is_snapshot
 
     names = study.metric_names or []
     out = []
@@ -432,8 +431,8 @@ def plain_reference(plan: Plan, setup: Setup, base) -> dict[str, Any]:
     """The hypervolume of ``plan.plain_trials`` plain trials: from --plain-db, or run here (seed of the first)."""
     from optuna.trial import TrialState
 
-    from search import storage
-    from search.snapshots import is_snapshot
+    from search.study import storage
+    from search.study.snapshots import is_snapshot
 
     if plan.plain_db:
         from benchmarks.common import kept_study

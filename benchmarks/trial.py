@@ -1,5 +1,5 @@
-"""One ``fmnist_reg`` trial through the production path (``search.trial.run_trial`` in a fresh child process, as
-``search.objective`` runs it), with the breakdown of its wall time outside ``fit`` (issue 12 part 3a), per
+"""One ``fmnist_reg`` trial through the production path (``search.trial.child.run_trial`` in a fresh child process, as
+``search.study.objective`` runs it), with the breakdown of its wall time outside ``fit`` (issue 12 part 3a), per
 Keras backend; and the cost of compact (float16) feature storage.
 
 ``python -m benchmarks.trial [--epochs 3] [--split 0.8] [--out FILE.json] BACKEND...`` prints, per backend, where
@@ -17,16 +17,17 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import child, load_text, load_verified, load_warning, loadavg
-from search import data, features
 from search.config.choices import DATASETS
+from search.data import datasets
+from search.features import feature_cache
 
 
 def fmnist_reg_spec(cache_dir: str, key: str, epochs: int, split_ratio: float = 0.8, batch_size: int = 32,
                     seed: int = 0) -> dict[str, Any]:
-    """The spec the service sends for one fmnist_reg trial (search.objective.trial_spec, random weights), with
+    """The spec the service sends for one fmnist_reg trial (search.study.objective.trial_spec, random weights), with
     this trial's choices: ``epochs``, ``split_ratio``, dropout 0.5, L2 1e-4, no L1; the config's fixed rest."""
     from search import config as cfg
-    from search import objective as obj
+    from search.study import objective as obj
 
     config = cfg.load_config("fmnist_reg").with_weights("random").with_seed(seed)
     # artifact_dir set: the trial draws its pictures, as in a run (the benchmark only times them).
@@ -62,7 +63,7 @@ def breakdown(t0: float, t_end: float, events: list[dict[str, Any]], stamps: dic
         parts.append({"part": part, "s": max(0.0, s), "where": where})
 
     add("process start: fork, exec, interpreter, search.isolate, reading the job", stamps["module"] - t0)
-    add("imports: search.trial, scikit-learn", stamps["imports_search"] - stamps["module"])
+    add("imports: search.trial.child, scikit-learn", stamps["imports_search"] - stamps["module"])
     add("imports: Keras, its backend, first op", stamps["imports_keras"] - stamps["imports_search"])
 
     timed = [e for e in events if "t" in e]
@@ -175,12 +176,12 @@ def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
         del out
         np.save(tmp / "labels.npy", y)
 
-    features.ensure_cached(dst_dir, key, build)
+    feature_cache.ensure_cached(dst_dir, key, build)
     x32, _ = load_verified(src_dir, key)
     x16, y = load_verified(dst_dir, key)
     finite = bool(np.isfinite(x16).all())
     rel = float(np.abs(x16[:2000].astype(np.float32) - x32[:2000]).max() / (np.abs(x32[:2000]).max() or 1))
-    tr, _ = data.split_indices(y, 0.8, 0)
+    tr, _ = datasets.split_indices(y, 0.8, 0)
     load = {}
     for name, x in (("float32", x32), ("float16", x16)):
         np.asarray(x[tr], np.float32)  # warm the page cache: compare memory, not disk
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="epochs of the trial (at least 2 to see a steady epoch)")
     p.add_argument("--split", type=float, default=0.8, help="train/test split ratio (0.8: 56,000 training rows)")
     p.add_argument("--subset", type=int, default=0, help="a stratified slice of Fashion-MNIST (0: all 70,000)")
-    p.add_argument("--cache-dir", type=Path, default=features.default_cache_dir(),
+    p.add_argument("--cache-dir", type=Path, default=feature_cache.default_cache_dir(),
                    help="feature cache (random-weight features are built there if missing)")
     p.add_argument("--out", type=Path, help="write every figure as JSON")
     a = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Child target of ``benchmarks.trial``: the production trial (``search.trial.run_trial``) with a wall-clock
+"""Child target of ``benchmarks.trial``: the production trial (``search.trial.child.run_trial``) with a wall-clock
 stamp on every stage, so one trial's time outside ``fit`` can be broken down (issue 12 part 3a).
 
 Only the standard library is imported at module level: the first stamp (``MODULE_T``) then marks the moment
@@ -13,21 +13,22 @@ MODULE_T = time.time()  # process start, interpreter, search.isolate and the job
 
 
 def timed_trial(spec: dict, report) -> dict:
-    """Run ``search.trial.run_trial(spec["trial"], ...)`` and return its result with ``stamps``.
+    """Run ``search.trial.child.run_trial(spec["trial"], ...)`` and return its result with ``stamps``.
 
     Every progress event the trial reports carries ``t`` (``time.time()``, the same clock as the parent's).
     Stamps (seconds since the epoch): ``module``, the imports split in
-    ``imports_search`` (search.trial and scikit-learn's split, which the trial imports lazily) and
+    ``imports_search`` (search.trial.child and scikit-learn's split, which the trial imports lazily) and
     ``imports_keras`` (Keras, its backend and the backend's first op), ``trial_end``, and what is measured after
     the trial: ``load_split_s`` (loading the cached features and splitting them again, warm) and
-    ``pictures_s`` (drawing the trial's two pictures with search.artifacts, as the coordinator does today),
+    ``pictures_s`` (drawing the trial's two pictures with search.study.artifacts, as the coordinator does today),
     unless the trial reported a stage of its own for them.
     """
     stamps = {"module": MODULE_T}
     # Imports the trial would otherwise do inside its first stages (loading: scikit-learn; training: Keras and
     # the backend), so that those stages' windows hold only their own work.
-    import search.trial  # noqa: F401
     from sklearn import model_selection  # noqa: F401
+
+    import search.trial.child  # noqa: F401
 
     stamps["imports_search"] = time.time()
     import keras
@@ -42,7 +43,7 @@ def timed_trial(spec: dict, report) -> dict:
         report(t=time.time(), **fields)
 
     trial_spec = spec["trial"]
-    result = search.trial.run_trial(trial_spec, stamped)
+    result = search.trial.child.run_trial(trial_spec, stamped)
     stamps["trial_end"] = time.time()
     import shutil
     import sys
@@ -55,11 +56,12 @@ def timed_trial(spec: dict, report) -> dict:
     # Loading + splitting, once more, warm (page cache and imports as in the trial): the trial reports one
     # window for loading, splitting and copying the rows, and this separates the copy from the rest.
     from benchmarks.common import load_verified
-    from search import data, features
+    from search.data import datasets
+    from search.features import feature_cache
 
     t = time.time()
     _, y = load_verified(trial_spec["cache_dir"], trial_spec["key"])
-    data.protocol_split(y, trial_spec["params"]["split_ratio"], trial_spec["seed"],
+    datasets.protocol_split(y, trial_spec["params"]["split_ratio"], trial_spec["seed"],
                         trial_spec.get("evaluation", "test"), trial_spec.get("validation_fraction", 0.2))
     stamps["load_split_s"] = time.time() - t
 
@@ -78,7 +80,7 @@ def _draw_pictures(result: dict, class_names: list[str] | None) -> float | None:
     import tempfile
     from pathlib import Path
 
-    from search import pictures
+    from search.trial import pictures
 
     cm = result.get("test_confusion_matrix", result.get("confusion_matrix"))
     recall = result.get("test_per_class_recall", result.get("per_class_recall"))

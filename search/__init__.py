@@ -19,7 +19,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Each public name and the module that defines it.  Imported on first use: a trial process imports
-# search.trial, which must not pull Optuna in through this package's __init__.
+# search.trial.child, which must not pull Optuna in through this package's __init__.
 _EXPORTS = {
     "load_config": "search.api",
     "Search": "search.api",
@@ -27,10 +27,10 @@ _EXPORTS = {
     "confirm_study": "search.api",
     "Confirmation": "search.api",
     "default_study_name": "search.api",
-    "TrialSpec": "search.spec",
+    "TrialSpec": "search.config.spec",
     "StudyConfig": "search.config",
     "available_studies": "search.config",
-    "RunSummary": "search.study",
+    "RunSummary": "search.study.lifecycle",
     "SearchError": "search.errors",
     "UsageError": "search.errors",
     "ConfigError": "search.errors",

@@ -29,16 +29,18 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from search import artifacts, augment, backbones, data, features, isolate, objective, repeats, samplers, signals
-from search import storage as sto
-from search import study as st
-from search.config import StudyConfig, check_study_name, differences, safe_name, study_identity
-from search.config import load_config as _load_config
+from search import isolate, signals
+from search.config import (StudyConfig, check_study_name, differences, load_config as _load_config, safe_name,
+                           study_identity)
 from search.config.choices import DATASETS
 from search.config.schema import FieldError
+from search.config.spec import TrialSpec
+from search.data import datasets
 from search.errors import ConfigError, DataError, DriftError, Interrupted, SearchError, TrialFailed, UsageError
+from search.features import backbones, feature_cache
 from search.runtime import extraction_backend, resolve_backend, runtime_identity
-from search.spec import TrialSpec
+from search.study import artifacts, lifecycle as st, objective, repeats, samplers, storage as sto
+from search.training import augment
 
 Message = Callable[[str], None]
 Event = dict[str, Any]
@@ -95,7 +97,7 @@ class Search:
     debug: bool = False
     on_message: Message = lambda line: None
     on_event: Callable[[Event], None] = lambda event: None
-    trial_target: str | None = None   # "module:function" a trial process runs (default search.trial:run_trial)
+    trial_target: str | None = None   # "module:function" a trial process runs (default search.trial.child:run_trial)
     worker: int = 0
     workers: int = 1
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -109,8 +111,8 @@ class Search:
         self.study_name = check_study_name(self.study_name if self.study_name is not None
                                            else default_study_name(self.config.name, self.weights))
         self.url = sto.check_url(sto.storage_url(self.storage))
-        self.cache_dir = Path(self.cache_dir or features.default_cache_dir()).resolve()
-        self.location = data.location(self.config.dataset.name, self.config.dataset.path, self.data_dir)
+        self.cache_dir = Path(self.cache_dir or feature_cache.default_cache_dir()).resolve()
+        self.location = datasets.location(self.config.dataset.name, self.config.dataset.path, self.data_dir)
         self.target = samplers.target(self.config)
 
     # ------------------------------------------------------------ stages (each runs once)
@@ -136,13 +138,13 @@ class Search:
         if "data" not in self._state:
             self.check()
             c = self.config
-            pooled = data.load_pooled(c.dataset.name, self.location, c.dataset.subset)
-            names = data.class_names(c.dataset.name, pooled)
+            pooled = datasets.load_pooled(c.dataset.name, self.location, c.dataset.subset)
+            names = datasets.class_names(c.dataset.name, pooled)
             if pooled.class_names is not None:  # a user's own data: what the config could not check at load
                 _check_user_classes(c, pooled, names)
-            d = Data(pooled.source, int(len(pooled.labels)), names, data.class_counts(pooled.labels, len(names)),
+            d = Data(pooled.source, int(len(pooled.labels)), names, datasets.class_counts(pooled.labels, len(names)),
                      pooled.fingerprint())
-            self.cache_keys = {k: features.study_key(c, w, d.fingerprint, self.runtime)
+            self.cache_keys = {k: feature_cache.study_key(c, w, d.fingerprint, self.runtime)
                                for k, w in self.weights_by_set.items()}
             self.cache_key = next(iter(self.cache_keys.values()))
             self.identity = study_identity(c, self.resolved_weights.identity, d.fingerprint, self.runtime)
@@ -155,7 +157,7 @@ class Search:
 
     def prepare(self) -> dict[str, Any]:
         """The data, a refusal of a resume with other settings, and the feature caches (extracted once, in a
-        child process); returns what trials need beyond the plain cache (search.augment.extra_spec)."""
+        child process); returns what trials need beyond the plain cache (search.training.augment.extra_spec)."""
         if "extra_spec" not in self._state:
             d = self.load_data()
             if not self.worker:  # a worker's parent has checked; open_study checks again
@@ -235,20 +237,20 @@ class Search:
 
     def _ensure_features(self, fingerprint: str) -> dict[str, Any]:
         c, w = self.config, self.resolved_weights
-        entries = [(key, self._builder("search.features:extract_job",
-                                       features.job_spec(c, self.weights_by_set[s], self.location), "features",
+        entries = [(key, self._builder("search.features.feature_cache:extract_job",
+                                       feature_cache.job_spec(c, self.weights_by_set[s], self.location), "features",
                                        key, self.weights_by_set[s]))
                    for s, key in self.cache_keys.items()]
         views_key = None
         if "views" in augment.modes_used(c):
             views_key = augment.view_key(c, w, fingerprint, self.runtime)
-            entries.append((views_key, self._builder("search.features:extract_views_job",
+            entries.append((views_key, self._builder("search.features.feature_cache:extract_views_job",
                                                      augment.views_job_spec(c, w, self.location),
                                                      f"{c.augmentation.views} augmented views", views_key, w)))
         for entry, build in entries:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                features.ensure_cached(self.cache_dir, entry, build)
+                feature_cache.ensure_cached(self.cache_dir, entry, build)
             for w_ in caught:
                 self.on_message(f"warning: {w_.message}")
         return augment.extra_spec(c, views_key=views_key, weights=w, fingerprint=fingerprint,
@@ -279,12 +281,12 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def _check_user_classes(config: StudyConfig, pooled: data.Pooled, names: tuple[str, ...]) -> None:
+def _check_user_classes(config: StudyConfig, pooled: datasets.Pooled, names: tuple[str, ...]) -> None:
     try:
         config.check_classes(len(names), pooled.source)
     except FieldError as e:
         raise ConfigError(f"study {config.name}: {'.'.join(map(str, e.loc))}: {e.msg}") from None
-    data.check_class_sizes(pooled, names, config.min_class_images())
+    datasets.check_class_sizes(pooled, names, config.min_class_images())
 
 
 def default_study_name(config_name: str, weights: str | None) -> str:
@@ -318,14 +320,14 @@ class Confirmation:
 
     study_name: str
     metric_names: list[str]
-    summary: dict[str, Any]   # search.repeats.confirmed: per trial and measure, mean, std and 95% interval
+    summary: dict[str, Any]   # search.study.repeats.confirmed: per trial and measure, mean, std and 95% interval
 
 
 def confirm_study(study_name: str, storage: str | None = None, *, trials: list[int] | None = None,
             all_trials: bool = False, seeds: int = 5, cache_dir: Path | None = None, debug: bool = False,
             on_line: Message = lambda line: None) -> Confirmation:
     """Repeat chosen COMPLETE trials (``trials``, else every one with ``all_trials``, else the Pareto set) with
-    seeds ``study seed + 1 .. + seeds``, each in its own process; store every run (search.repeats) and return
+    seeds ``study seed + 1 .. + seeds``, each in its own process; store every run (search.study.repeats) and return
     their summary.  The study's trials, what the sampler saw, are not changed."""
     check_study_name(study_name, "--study")
     if not 0 < seeds <= 100:
@@ -333,7 +335,7 @@ def confirm_study(study_name: str, storage: str | None = None, *, trials: list[i
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = sto.load_study(sto.open_existing(sto.storage_url(storage)), study_name)
-    ctx, runtime = _recorded_context(study, Path(cache_dir or features.default_cache_dir()).resolve(), debug)
+    ctx, runtime = _recorded_context(study, Path(cache_dir or feature_cache.default_cache_dir()).resolve(), debug)
     config = ctx.config
     for t in _choose(study, trials, all_trials):
         # A trial stored before a setting was searchable lacks it: the config's value, as it ran with.
@@ -364,21 +366,21 @@ def _recorded_context(study: optuna.Study, cache_dir: Path, debug: bool) -> tupl
     _check_runtime(study.study_name, runtime)
     fingerprint = ident["data_fingerprint"]
     recorded = _recorded_weights(config, ident)
-    keys = {s: features.study_key(config, w, fingerprint, runtime) for s, w in recorded.items()}
+    keys = {s: feature_cache.study_key(config, w, fingerprint, runtime) for s, w in recorded.items()}
     key, weights = next(iter(keys.values())), next(iter(recorded.values()))
     # Augmented trials also need the view cache (views) or the images and the real weights (online).
     modes = augment.modes_used(config)
     views_key = augment.view_key(config, weights, fingerprint, runtime) if "views" in modes else None
     for entry in filter(None, (*keys.values(), views_key)):
         try:
-            features.FeatureStore(cache_dir, entry).verify_all()
+            feature_cache.FeatureStore(cache_dir, entry).verify_all()
         except SearchError as e:
             raise DataError(f"features of study {study.study_name!r} are not usable in {cache_dir} ({entry}): {e}; "
                             f"run search.run for it with the same --cache-dir first") from None
     b = config.backbone
     online_weights = backbones.resolve_weights(b.weights, b.name, b.input_size) if "online" in modes else weights
     extra = augment.extra_spec(config, views_key=views_key, weights=online_weights, fingerprint=fingerprint,
-                               data_dir=data.location(config.dataset.name, config.dataset.path, None))
+                               data_dir=datasets.location(config.dataset.name, config.dataset.path, None))
     names = tuple(study.user_attrs.get("search:data", {}).get("class_names") or
                   DATASETS[config.dataset.name].class_names)
     ctx = objective.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=len(names),

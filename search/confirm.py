@@ -3,7 +3,7 @@
 Re-runs each Pareto-optimal trial's parameters (or the trials named with
 ``--trials``, or ``--all`` COMPLETE trials; an epoch snapshot re-trains with its
 own ``epochs``) with seeds ``study seed + 1 .. + N``, each in its own process
-like any trial, stores every run (search.repeats), and prints per trial and
+like any trial, stores every run (search.study.repeats), and prints per trial and
 measure the mean, standard deviation and 95% t-interval, then the differences
 between confirmed trials one parameter apart, paired by seed.  The study's
 trials (what the sampler saw) are not changed.  The features must be in the
@@ -20,7 +20,7 @@ from typing import Any
 
 from search import api
 from search.errors import UsageError, cli_main
-from search.repeats import interval
+from search.study.repeats import interval
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,7 +63,7 @@ def _print(name: str, summary: dict[str, Any], metric_names: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from search.repeats import differences
+    from search.study.repeats import differences
 
     table = Table(title=f"{name}: confirmed trials (mean ± std [95% interval] over the seeds run)")
     cols = list(dict.fromkeys([*metric_names, "test_balanced_accuracy", "test_reduced_recall", "test_accuracy"]))

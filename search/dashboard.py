@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from search import artifacts, storage as sto
+    from search.study import artifacts, storage as sto
 
     storage = sto.open_readonly(sto.storage_url(args.storage))
     dirs = artifacts.find_artifact_dirs(storage, args.artifact_dir)

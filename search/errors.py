@@ -52,7 +52,7 @@ class TrialFailed(SearchError):
     """One trial failed; the study records the reason and goes on.
 
     ``kind`` says why, which decides whether the same parameters are tried again
-    (search.study.RetryPolicy): "error" (an exception in the trial), "nan" (the
+    (search.study.lifecycle.RetryPolicy): "error" (an exception in the trial), "nan" (the
     loss became NaN/inf), "killed" (the kernel or someone killed the trial
     process, e.g. out of memory), "timeout" (run.trial_timeout), "lost" (its
     owner process died), "interrupted" (SIGINT/SIGTERM).

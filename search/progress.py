@@ -21,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from search import optuna_compat as compat
-from search.snapshots import SNAPSHOT_OF, display_note, is_snapshot
-from search.trials import n_counted
+from search.study import optuna_compat as compat
+from search.study.snapshots import SNAPSHOT_OF, display_note, is_snapshot
+from search.study.trials import n_counted
 
 
 def _fmt(v: Any) -> str:

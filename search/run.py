@@ -13,18 +13,17 @@ import math
 import os
 import sys
 from pathlib import Path
-
 from typing import Any
 
 from optuna.trial import TrialState
 from rich.console import Console
 
-from search import api, signals, snapshots
-from search import storage as sto
+from search import api, signals
 from search.errors import Interrupted, SearchError, StorageError, UsageError, cli_main
 from search.progress import Display, PoolDisplay, interrupted_line, print_pareto
 from search.runtime import resolve_backend
-from search.study import counts
+from search.study import snapshots, storage as sto
+from search.study.lifecycle import counts
 from search.workers import run_workers, worker_cpus
 
 MAX_WORKERS_PER_CORE = 4
@@ -89,7 +88,7 @@ def check_flags(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None, *, trial_target: str | None = None) -> int:
-    """``trial_target``: the "module:function" each trial process runs (default search.trial:run_trial)."""
+    """``trial_target``: the "module:function" each trial process runs (default search.trial.child:run_trial)."""
     return cli_main(lambda args: _unmasked(args, trial_target), parse_args(argv))
 
 

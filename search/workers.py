@@ -3,7 +3,7 @@
 The parent (``search.run --workers N``) validates, builds the feature cache
 once and creates or resumes the study, then starts N workers.  A worker is
 the same command plus the internal flag ``--worker``: the same optimize loop
-(``search.study.optimize``), so N workers here behave exactly like N
+(``search.study.lifecycle.optimize``), so N workers here behave exactly like N
 ``search.run`` commands on N machines sharing a ``--storage``.  Trials are
 coordinated only through the storage: the target of COMPLETE trials is
 shared, a dead worker's RUNNING trial is failed and retried with the same
@@ -34,12 +34,11 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from search import optuna_compat as compat
-from search import study as st
 from search.errors import Interrupted
 from search.progress import PoolDisplay, interrupted_line, print_pareto
-from search.snapshots import summary_text
-from search.storage import STORAGE_ENV, dispose
+from search.study import lifecycle as st, optuna_compat as compat
+from search.study.snapshots import summary_text
+from search.study.storage import STORAGE_ENV, dispose
 
 WORKER_FLAG = "--worker"
 POLL_S = 0.5

@@ -5,7 +5,7 @@ Everything else is the real command: flags, storage, study, optimize loop, retri
 
 ``STAND_IN_BREAK_OPTUNA_HEARTBEAT=FILE`` breaks Optuna's own heartbeat thread in this process (and its
 workers): its second ``record_heartbeat`` raises, which ends that thread (optuna/storages/_heartbeat.py
-does not retry); FILE records that it happened.  The service's own heartbeat (search.trials.Heartbeat)
+does not retry); FILE records that it happened.  The service's own heartbeat (search.study.trials.Heartbeat)
 must then keep the trial alive.
 """
 

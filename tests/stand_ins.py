@@ -1,6 +1,6 @@
 """Stand-in trials for tests of the run's machinery (concurrency, retries, signals, time limits).
 
-``fast_trial`` is a trial target like ``search.trial:run_trial``: it runs in its own process
+``fast_trial`` is a trial target like ``search.trial.child:run_trial``: it runs in its own process
 (search.isolate), reads and verifies the feature cache as a trial does, then sleeps instead of
 training and returns measures of the contract's shape (``val_*``/``test_*`` by split, times, counts),
 derived deterministically from the trial's parameters by ``measures``, so a test can tell that each
@@ -55,7 +55,7 @@ def _split_measures(params: dict[str, Any], split: str, n: int, reduced: list[in
 
 def measures(spec: dict[str, Any], seconds: float = 0.0) -> dict[str, Any]:
     """What ``fast_trial`` returns for ``spec`` (without the process measures the coordinator adds)."""
-    from search.data import reduced_classes
+    from search.data.datasets import reduced_classes
 
     params, n = spec["params"], spec["n_classes"]
     split = spec["evaluation"]
@@ -78,8 +78,9 @@ def measures(spec: dict[str, Any], seconds: float = 0.0) -> dict[str, Any]:
 
 
 def fast_trial(spec: dict[str, Any], report: Any) -> dict[str, Any]:
-    from search import features, isolate
+    from search import isolate
     from search.errors import TrialFailed
+    from search.features import feature_cache
 
     seconds = float(os.environ.get("STAND_IN_S", "0.2"))
     log = os.environ.get("STAND_IN_LOG")
@@ -90,7 +91,7 @@ def fast_trial(spec: dict[str, Any], report: Any) -> dict[str, Any]:
     report(stage="training", epoch=0, epochs=1)
     time.sleep(seconds)
     # Read the rows as a trial does: every block verified (a damaged cache raises CacheError).
-    store = features.FeatureStore(spec["cache_dir"], spec["key"])
+    store = feature_cache.FeatureStore(spec["cache_dir"], spec["key"])
     store.verify_all()
     store.close()
     fail = os.environ.get("STAND_IN_FAIL")

@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 import search
-from search import repeats
 from search.errors import DriftError, UsageError
+from search.study import repeats
 
 from .conftest import ROOT, cli_env, needs_real_fashion, without_keras_backend
 
@@ -30,7 +30,7 @@ def test_every_public_name_resolves_and_says_what_it_is():
 
 
 def test_importing_the_package_loads_no_optuna():
-    """A trial process imports search.trial, so search/__init__ must not pull in the study layer."""
+    """A trial process imports search.trial.child, so search/__init__ must not pull in the study layer."""
     code = "import sys, search; print('optuna' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""search.artifacts: a study's pictures live in one place fixed at creation; uploading them never fails a trial and
+"""search.study.artifacts: a study's pictures live in one place fixed at creation; uploading them never fails a trial and
 never leaves an artifact that points at nothing; readers find every study's directory."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import optuna
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from search import artifacts
-from tests.conftest import trial_artifacts
 from search.errors import UsageError
-from search import optuna_compat as compat
+from search.study import artifacts, optuna_compat as compat
+from tests.conftest import trial_artifacts
 
 from .stand_ins import PNG
 
@@ -97,7 +96,7 @@ def test_studies_with_pictures_in_different_directories_are_all_found(tmp_path):
     url = f"sqlite:///{tmp_path / 'two.db'}"
     for name in ("a", "b"):
         artifacts.prepare(optuna.create_study(study_name=name, storage=url), url, tmp_path / f"pics-{name}")
-    from search.storage import open_existing
+    from search.study.storage import open_existing
 
     dirs = artifacts.find_artifact_dirs(open_existing(url), None)
     assert dirs == [(tmp_path / "pics-a").resolve(), (tmp_path / "pics-b").resolve()]

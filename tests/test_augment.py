@@ -1,4 +1,4 @@
-"""Augmentation (search.augment): the view cache, per-epoch view draws, online trials, and only training rows augmented.
+"""Augmentation (search.training.augment): the view cache, per-epoch view draws, online trials, and only training rows augmented.
 
 Self-contained: it imports only the on-disk writers of tests/conftest.py.  The
 view-extraction and end-to-end tests run the real jobs in child processes on a
@@ -8,7 +8,6 @@ tiny synthetic Fashion-MNIST with random backbone weights.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import subprocess
 import sys
@@ -17,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import augment, backbones, features
-from search.runtime import extraction_backend
 from search.config import StudyConfig
+from search.config.spec import TrialSpec
 from search.errors import CacheError, DataError, TrialFailed
-from search.objective import Context, resolve_params, trial_spec
-from search.spec import TrialSpec
+from search.features import backbones, feature_cache
+from search.runtime import extraction_backend
+from search.study.objective import Context, resolve_params, trial_spec
+from search.training import augment
 from tests.conftest import write_fashion_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def _write_entry(cache_dir: Path, key: str, n: int, views: int | None = None) ->
 
     def build(tmp: Path) -> None:
         shape = (n, D) if views is None else (views, n, D)
-        f = features.open_features(tmp / "features.npy", shape)
+        f = feature_cache.open_features(tmp / "features.npy", shape)
         if views is None:
             f[:] = rows(-1)
         else:
@@ -70,7 +70,7 @@ def _write_entry(cache_dir: Path, key: str, n: int, views: int | None = None) ->
         del f
         np.save(tmp / "labels.npy", labels.astype(np.int64))
 
-    features.ensure_cached(cache_dir, key, build)
+    feature_cache.ensure_cached(cache_dir, key, build)
 
 
 def _spec(cache_dir: Path, n: int, views: int, mode: str = "views", **params) -> TrialSpec:
@@ -113,7 +113,7 @@ def test_view_cache_key_holds_the_settings():
     assert "views" in base and base == augment.view_key(_config(augmentation={"views": 4}), w, "fp", rt)
     assert base != augment.view_key(_config(augmentation={"views": 8}), w, "fp", rt)
     assert base != augment.view_key(_config(augmentation={"views": 4, "rotation": 10.0}), w, "fp", rt)
-    assert base != features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "fp", rt)
+    assert base != feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "fp", rt)
 
 
 # ---------------------------------------------------------------- seeded views
@@ -138,7 +138,7 @@ def _extract_views(data_dir: Path, out: Path, seed: int, views: int = 2, paper: 
     spec = {"dataset": "fashion_mnist", "data_dir": str(data_dir), "subset": 0, "subset_seed": 0,
             "preprocessing": "unit", "resize": "bilinear", "weights": vars(backbones.resolve_weights("random")),
             "views": settings, "out_dir": str(out)}
-    job = "search.features:extract_views_job" if views else "search.features:extract_job"
+    job = "search.features.feature_cache:extract_views_job" if views else "search.features.feature_cache:extract_job"
     run_isolated(job, spec, env={"KERAS_BACKEND": "tensorflow"})
     return np.load(out / "features.npy")
 
@@ -166,7 +166,7 @@ def test_extracted_views_are_seeded(tmp_path):
 def test_view_cache_is_verified_per_block(tmp_path):
     n = 3000  # 2 views x 3000 rows = 6000 rows: block 0 holds view 0 and view 1's first 1096 rows
     _write_entry(tmp_path, "views", n, views=2)
-    store = features.FeatureStore(tmp_path, "views")
+    store = feature_cache.FeatureStore(tmp_path, "views")
     assert (store.n, store.n_views) == (n, 2)
     x = store.take(np.array([5, 2999]), np.array([0, 1]))
     assert x[:, 0].tolist() == [5, 2999] and x[:, 1].tolist() == [0, 1]
@@ -176,21 +176,21 @@ def test_view_cache_is_verified_per_block(tmp_path):
     raw = bytearray(entry.read_bytes())
     raw[-4] ^= 0xFF   # the last row of view 1: block 1
     entry.write_bytes(bytes(raw))
-    store = features.FeatureStore(tmp_path, "views")
+    store = feature_cache.FeatureStore(tmp_path, "views")
     assert store.take(np.arange(n), 0).shape == (n, D)       # block 0 only: fine
     with pytest.raises(CacheError, match=r"rows 4096-8191 fail their checksum"):
         store.take(np.array([2999]), 1)
     store.close()
     with pytest.warns(UserWarning, match="damaged; rebuilding"):
         _write_entry(tmp_path, "views", n, views=2)
-    features.FeatureStore(tmp_path, "views").verify_all()
+    feature_cache.FeatureStore(tmp_path, "views").verify_all()
 
 
 def test_release_drops_the_map_from_memory(tmp_path):
     """Gathering from a view cache several times a trial's rows must not leave the file resident."""
     n, views = 16384, 4   # 16384 x 4 x 16 floats = 4 MB
     _write_entry(tmp_path, "views", n, views=views)
-    store = features.FeatureStore(tmp_path, "views")
+    store = feature_cache.FeatureStore(tmp_path, "views")
 
     def mapped_kb() -> int:
         with open("/proc/self/smaps") as f:
@@ -212,7 +212,7 @@ def test_release_drops_the_map_from_memory(tmp_path):
 # ---------------------------------------------------------------- epochs of views
 
 def _hp(**kw):
-    from search.head import HeadParams
+    from search.training.head import HeadParams
 
     return HeadParams(**{"units": 16, "dropout": 0.0, "l1": 0.0, "l2": 0.0, "learning_rate": 1e-3,
                          "batch_size": 32, "epochs": 2, **kw})
@@ -227,7 +227,7 @@ def _epoch(batches) -> tuple[np.ndarray, np.ndarray, list]:
 def test_each_epoch_draws_one_view_per_training_row(tmp_path):
     n, views = 500, 3
     _write_entry(tmp_path, "views", n, views=views)
-    store = features.FeatureStore(tmp_path, "views")
+    store = feature_cache.FeatureStore(tmp_path, "views")
     rows = np.sort(np.random.default_rng(1).choice(n, 300, replace=False))
     y = _labels(n)[rows]
     batches = augment.view_batches(store, rows, y, 10, _hp(), seed=7)
@@ -250,7 +250,7 @@ def test_each_epoch_draws_one_view_per_training_row(tmp_path):
 def test_view_batches_carry_class_weights_one_hot_targets_and_resampling(tmp_path):
     n = 400
     _write_entry(tmp_path, "views", n, views=2)
-    store = features.FeatureStore(tmp_path, "views")
+    store = feature_cache.FeatureStore(tmp_path, "views")
     rows = np.flatnonzero((_labels(n) != 9) | (np.arange(n) < 20))   # class 9 rare: 2 rows
     y = _labels(n)[rows]
     _, _, out = _epoch(augment.view_batches(store, rows, y, 10, _hp(handling="class_weight"), seed=0))
@@ -265,23 +265,23 @@ def test_view_batches_carry_class_weights_one_hot_targets_and_resampling(tmp_pat
 
 def test_only_training_rows_are_augmented(tmp_path, monkeypatch):
     """A views trial reads its training rows from the view cache only, and every other row from the plain one."""
-    from search import trial
+    from search.trial import child
 
     n = 600
     _write_entry(tmp_path, "plain", n)
     _write_entry(tmp_path, "views", n, views=3)
     spec = _spec(tmp_path, n, views=3, balance="imbalanced")
     taken: list[tuple[str, np.ndarray, np.ndarray]] = []
-    take = features.FeatureStore.take
+    take = feature_cache.FeatureStore.take
 
     def spy(self, idx, view=0):
         out = take(self, idx, view)
         taken.append((self.entry.name, out[:, 0].astype(int), out[:, 1].astype(int)))
         return out
 
-    monkeypatch.setattr(features.FeatureStore, "take", spy)
-    result = trial.run_trial(spec.as_dict(), lambda **kw: None)
-    split = trial.split_rows(spec, _labels(n))
+    monkeypatch.setattr(feature_cache.FeatureStore, "take", spy)
+    result = child.run_trial(spec.as_dict(), lambda **kw: None)
+    split = child.split_rows(spec, _labels(n))
     fit, others = set(split.fit.tolist()), set(split.val.tolist()) | set(split.test.tolist())
     from_views = np.concatenate([r for name, r, _ in taken if name == "views"])
     from_plain = np.concatenate([r for name, r, _ in taken if name == "plain"])
@@ -299,7 +299,7 @@ def test_only_training_rows_are_augmented(tmp_path, monkeypatch):
 def test_online_refuses_other_data_and_resampling(tmp_path):
     data_dir = write_fashion_dir(tmp_path / "fm", n_train=40, n_test=10)
     _write_entry(tmp_path, "plain", 50)
-    store = features.FeatureStore(tmp_path, "plain")
+    store = feature_cache.FeatureStore(tmp_path, "plain")
     online = {"dataset": "fashion_mnist", "subset": 0, "data_dir": str(data_dir), "fingerprint": "0" * 16,
               "preprocessing": "unit", "resize": "bilinear", "weights": vars(backbones.resolve_weights("random")),
               "backend": "tensorflow"}

@@ -1,4 +1,4 @@
-"""search.backbones: the Keras backbones by name, their weights, preprocessing and input size."""
+"""search.features.backbones: the Keras backbones by name, their weights, preprocessing and input size."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import search
-from search import backbones, features
 from search.config.identity import config_identity
 from search.errors import ConfigError
+from search.features import backbones, feature_cache
 
 from .conftest import ROOT, without_keras_backend, write_image_folder
 
@@ -38,8 +38,8 @@ def test_the_papers_backbone_keeps_the_identity_and_cache_key_of_studies_made_be
     assert config_identity(_config(tmp_path, input_size=64))["backbone"]["input_size"] == 64
     assert config_identity(_config(tmp_path, name="resnet101"))["backbone"]["name"] == "resnet101"
     rt = {"extraction_backend": "tensorflow", "keras": "3", "tensorflow": "2"}
-    paper = features.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.resolve_weights("random"), "f", rt)
-    others = {features.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.resolve_weights("random", b, s),
+    paper = feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.resolve_weights("random"), "f", rt)
+    others = {feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.resolve_weights("random", b, s),
                                  "f", rt) for b, s in (("resnet101", 32), ("resnet50", 64), ("resnet101", 64))}
     assert paper.startswith("fashion_mnist-all-unit-plain-") and len(others | {paper}) == 4
     assert all("resnet" in k for k in others)
@@ -83,7 +83,7 @@ def test_collapsed_features_are_said_in_one_line_after_extraction(tmp_path):
     warning = [m for m in said if m.startswith("warning: the features of mobilenet_v3_small")]
     assert len(warning) == 1 and "carry no information" in warning[0], said
     assert s.cache_key.startswith("folder-all-unit-mobilenet_v3_small32-plain-")
-    assert features.FeatureStore(tmp_path / "cache", s.cache_key).n_features == 576
+    assert feature_cache.FeatureStore(tmp_path / "cache", s.cache_key).n_features == 576
 
 
 # resnet50 and mobilenet_v3_small are built by the tests above, resnet101 by the two-backbone study below.
@@ -139,5 +139,5 @@ def test_a_two_backbone_study_trains_each_on_its_own_features(tmp_path):
     trials = {t.user_attrs["backbone"]: t for t in s.study.trials}
     assert set(trials) == {"resnet50", "resnet101"} and all(t.values[0] > 0.6 for t in trials.values())
     assert set(s.cache_keys) == {"resnet50@32", "resnet101@32"}
-    assert all(features.FeatureStore(tmp_path / "cache", k).n_features == 2048 for k in s.cache_keys.values())
+    assert all(feature_cache.FeatureStore(tmp_path / "cache", k).n_features == 2048 for k in s.cache_keys.values())
     assert "weights_by_set" in s.study.user_attrs["search:identity"]["backbone"]

@@ -14,8 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import cache_vs_full, optuna_overhead, study
-from benchmarks import trial as btrial
+from benchmarks import cache_vs_full, optuna_overhead, study, trial as btrial
 from benchmarks.common import child, gemm_gflops, head_train_flops, load_warning, matmul_gflops
 from benchmarks.report import markdown, targets
 from tests.conftest import ROOT, cli_env, needs_real_fashion
@@ -143,7 +142,7 @@ def test_head_sweep_on_tiny_synthetic_features():
 
 def test_head_sweep_reads_every_row_of_a_feature_cache_entry(tmp_path):
     from benchmarks.common import load_verified
-    from search import features
+    from search.features import feature_cache
 
     y = np.repeat(np.arange(10), 30)
     x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
@@ -152,7 +151,7 @@ def test_head_sweep_reads_every_row_of_a_feature_cache_entry(tmp_path):
         np.save(tmp / "features.npy", x)
         np.save(tmp / "labels.npy", y)
 
-    features.ensure_cached(tmp_path, "k", build)
+    feature_cache.ensure_cached(tmp_path, "k", build)
     got_x, got_y = load_verified(tmp_path, "k")
     assert np.array_equal(got_x, x) and np.array_equal(got_y, y)
     spec = {"cache_dir": str(tmp_path), "key": "k", "n_rows": 300, "units": 16, "batch_sizes": [32], "epochs": 1}

@@ -2,13 +2,16 @@
 
 import pytest
 
-from search import augment, backbones, data, head, samplers
 from search.config import choices
+from search.data import datasets
+from search.features import backbones
+from search.study import samplers
+from search.training import augment, head
 
 
 @pytest.mark.parametrize("names, implementations", [
-    (choices.DATASETS, data.LOADERS),
-    (choices.PROFILES, data.PROFILE_RULES),
+    (choices.DATASETS, datasets.LOADERS),
+    (choices.PROFILES, datasets.PROFILE_RULES),
     (choices.PREPROCESSINGS, backbones.PREPROCESS),
     (choices.SAMPLERS, samplers.FACTORIES),
     (choices.BACKBONES, backbones.APPLICATIONS),
@@ -20,7 +23,7 @@ def test_each_registry_has_one_implementation_per_name(names, implementations):
 def test_every_handling_is_a_loss_or_a_resampler_as_its_choice_says():
     loss = {k for k, h in choices.HANDLINGS.items() if h.changes == "loss"}
     rows = {k for k, h in choices.HANDLINGS.items() if h.changes == "data"}
-    assert set(head.LOSSES) == loss and set(data.RESAMPLERS) == rows
+    assert set(head.LOSSES) == loss and set(datasets.RESAMPLERS) == rows
 
 
 def test_every_augmentation_mode_but_none_brings_its_training_input():

@@ -13,7 +13,8 @@ import optuna
 import pytest
 from rich.console import Console
 
-from search import confirm, repeats
+from search import confirm
+from search.study import repeats
 
 from .conftest import Tiny, cli_env, lines, run_cli
 
@@ -93,7 +94,7 @@ def test_a_study_timed_on_another_runtime_is_not_confirmed_here(stored, main_her
     search.runtime.STEPS_PER_CALL) or on another Keras must not get repeats timed with this one."""
     import sqlite3
 
-    from search.study import IDENTITY_ATTR
+    from search.study.lifecycle import IDENTITY_ATTR
 
     # Copied through SQLite's backup API: a plain file copy would close a descriptor of the shared study's file
     # in this process and so drop the POSIX locks of its open connections (sqlite.org/howtocorrupt.html 2.2).

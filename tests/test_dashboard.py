@@ -16,11 +16,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search import artifacts, dashboard
-from search import objective as obj
+from search import dashboard
 from search.config import load_config
 from search.isolate import Outcome
-from search import optuna_compat as compat
+from search.study import artifacts, objective as obj, optuna_compat as compat
 from tests import browser
 
 from .conftest import cli_env, lines, needs_real_fashion, requires

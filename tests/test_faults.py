@@ -23,11 +23,11 @@ import pytest
 from optuna.trial import TrialState
 
 from search import run
-from search import storage as sto
+from search.study import storage as sto
 
 from .conftest import ROOT, STAND_IN_CLI, TINY_CONFIG, Tiny, cli_env, lines, run_cli, stop, wait_for
-from .test_workers import running_trials
 from .test_config import BAD, HUGE, SMOKE
+from .test_workers import running_trials
 
 
 def _trials(tiny: Tiny, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
@@ -91,7 +91,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 import optuna
 from optuna.trial import TrialState
-from search import storage, trials
+from search.study import storage, trials
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 s = storage.open_storage({url!r})
 deadline = time.monotonic() + 120

@@ -1,4 +1,4 @@
-"""search.features: the cache is built once, verified by every reader (a damaged one is never used), shareable
+"""search.features.feature_cache: the cache is built once, verified by every reader (a damaged one is never used), shareable
 read-only, and keyed by everything that changes the features; the cached head equals the backbone in the loop."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from search import backbones, features
 from search.errors import CacheError, WeightsError
+from search.features import backbones, feature_cache
 
 from .conftest import ROOT, as_user_without_overrides, cli_env
 
@@ -34,10 +34,10 @@ def _flip(path, offset: int = -1) -> None:
 
 def test_miss_builds_then_hit_reads_without_building(tmp_path):
     calls: list = []
-    features.ensure_cached(tmp_path, "k", _builder(calls))
-    features.ensure_cached(tmp_path, "k", _builder(calls))
+    feature_cache.ensure_cached(tmp_path, "k", _builder(calls))
+    feature_cache.ensure_cached(tmp_path, "k", _builder(calls))
     assert len(calls) == 1
-    store = features.FeatureStore(tmp_path, "k")
+    store = feature_cache.FeatureStore(tmp_path, "k")
     assert store.take(np.array([1, 3])).tolist() == [[4, 5, 6, 7], [12, 13, 14, 15]]
     assert store.labels.tolist() == [0, 1] * 4 and store.n == 8 and store.n_views == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.lock"]  # no leftover temporary build
@@ -46,7 +46,7 @@ def test_miss_builds_then_hit_reads_without_building(tmp_path):
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete meta", "delete labels"])
 def test_damaged_entry_is_rebuilt_with_a_warning(tmp_path, damage):
     calls: list = []
-    features.ensure_cached(tmp_path, "k", _builder(calls))
+    feature_cache.ensure_cached(tmp_path, "k", _builder(calls))
     entry = tmp_path / "k"
     if damage == "flip a byte":
         _flip(entry / "features.npy")
@@ -57,56 +57,56 @@ def test_damaged_entry_is_rebuilt_with_a_warning(tmp_path, damage):
     else:
         (entry / "labels.npy").unlink()
     with pytest.warns(UserWarning, match="damaged; rebuilding"):
-        features.ensure_cached(tmp_path, "k", _builder(calls))
+        feature_cache.ensure_cached(tmp_path, "k", _builder(calls))
     assert len(calls) == 2
-    assert features.FeatureStore(tmp_path, "k").take(np.array([7]))[0, -1] == 31.0
+    assert feature_cache.FeatureStore(tmp_path, "k").take(np.array([7]))[0, -1] == 31.0
 
 
 def test_a_reader_refuses_rows_damaged_after_the_cache_was_checked(tmp_path):
     """What a trial process or search.confirm meets when the cache changes under a running command."""
-    features.ensure_cached(tmp_path, "k", _builder([], n=3 * features.BLOCK_ROWS, dim=2))
-    store = features.FeatureStore(tmp_path, "k")
+    feature_cache.ensure_cached(tmp_path, "k", _builder([], n=3 * feature_cache.BLOCK_ROWS, dim=2))
+    store = feature_cache.FeatureStore(tmp_path, "k")
     good = store.take(np.array([0, 1]))
     # Zero the last block on disk (the "overwritten with zeros" of issue 10).
     feats = np.load(tmp_path / "k" / "features.npy", mmap_mode="r+")
-    feats[2 * features.BLOCK_ROWS:] = 0
+    feats[2 * feature_cache.BLOCK_ROWS:] = 0
     feats.flush()
     del feats
     with pytest.raises(CacheError, match=r"is damaged \(rows 8192-12287 fail their checksum\); it was not used"):
-        store.take(np.array([0, 2 * features.BLOCK_ROWS + 5]))
+        store.take(np.array([0, 2 * feature_cache.BLOCK_ROWS + 5]))
     assert store.take(np.array([0, 1])).tolist() == good.tolist()  # verified blocks stay usable
     with pytest.raises(CacheError):
-        features.FeatureStore(tmp_path, "k").verify_all()
+        feature_cache.FeatureStore(tmp_path, "k").verify_all()
 
 
 def test_prefetch_asks_for_the_whole_file_and_a_missing_entry_is_no_error(tmp_path, monkeypatch):
     """A trial's head start for the next one: every byte of the features file is requested, not the first
     read-ahead window only; nothing is mapped; a missing entry (or a platform without fadvise) is silent."""
-    features.ensure_cached(tmp_path, "k", _builder([], n=2 * features.BLOCK_ROWS + 7, dim=256))
+    feature_cache.ensure_cached(tmp_path, "k", _builder([], n=2 * feature_cache.BLOCK_ROWS + 7, dim=256))
     size = (tmp_path / "k" / "features.npy").stat().st_size
     asked: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(features.os, "posix_fadvise", lambda fd, offset, length, advice: asked.append(
+    monkeypatch.setattr(feature_cache.os, "posix_fadvise", lambda fd, offset, length, advice: asked.append(
         (offset, length, advice)))
-    features.prefetch(tmp_path, "k")
-    assert {a for _, _, a in asked} == {features.os.POSIX_FADV_WILLNEED}
+    feature_cache.prefetch(tmp_path, "k")
+    assert {a for _, _, a in asked} == {feature_cache.os.POSIX_FADV_WILLNEED}
     covered = sorted((o, o + n) for o, n, _ in asked)
-    assert covered[0][0] == 0 and covered[-1][1] >= size > features.PREFETCH_BYTES
+    assert covered[0][0] == 0 and covered[-1][1] >= size > feature_cache.PREFETCH_BYTES
     assert all(a[1] >= b[0] for a, b in zip(covered, covered[1:]))  # no gap
-    features.prefetch(tmp_path, "missing")  # no error
-    monkeypatch.delattr(features.os, "posix_fadvise")
-    features.prefetch(tmp_path, "k")  # no error
+    feature_cache.prefetch(tmp_path, "missing")  # no error
+    monkeypatch.delattr(feature_cache.os, "posix_fadvise")
+    feature_cache.prefetch(tmp_path, "k")  # no error
 
 
 def test_damaged_labels_or_metadata_are_refused_on_open(tmp_path):
-    features.ensure_cached(tmp_path, "k", _builder([]))
+    feature_cache.ensure_cached(tmp_path, "k", _builder([]))
     _flip(tmp_path / "k" / "labels.npy")
     with pytest.raises(CacheError, match="damaged \\(labels checksum\\)"):
-        features.FeatureStore(tmp_path, "k")
+        feature_cache.FeatureStore(tmp_path, "k")
     (tmp_path / "k" / "meta.json").write_text(json.dumps({"key": "k"}))
     with pytest.raises(CacheError, match="damaged or from an older version"):
-        features.FeatureStore(tmp_path, "k")
+        feature_cache.FeatureStore(tmp_path, "k")
     with pytest.raises(CacheError, match="cannot be read"):
-        features.FeatureStore(tmp_path, "missing")
+        feature_cache.FeatureStore(tmp_path, "missing")
 
 
 def test_full_disk_leaves_no_partial_entry(tmp_path):
@@ -115,7 +115,7 @@ def test_full_disk_leaves_no_partial_entry(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(CacheError, match="cannot write feature cache in .*: no space left on device"):
-        features.ensure_cached(tmp_path, "k", build)
+        feature_cache.ensure_cached(tmp_path, "k", build)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.lock"]
 
 
@@ -124,15 +124,15 @@ def test_concurrent_processes_build_once(tmp_path):
         import sys, time, numpy as np
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from search import backbones, features
+        from search.features import backbones, feature_cache
         def build(tmp):
             with open(Path({str(tmp_path)!r}) / "builds.log", "a") as f:
                 f.write("build\\n")
             time.sleep(1.0)
             np.save(tmp / "features.npy", np.ones((4, 2), np.float32))
             np.save(tmp / "labels.npy", np.zeros(4, np.int64))
-        features.ensure_cached(Path({str(tmp_path)!r}) / "cache", "k", build)
-        print(features.FeatureStore(Path({str(tmp_path)!r}) / "cache", "k").take([0, 3]).tolist())
+        feature_cache.ensure_cached(Path({str(tmp_path)!r}) / "cache", "k", build)
+        print(feature_cache.FeatureStore(Path({str(tmp_path)!r}) / "cache", "k").take([0, 3]).tolist())
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -143,7 +143,7 @@ def test_concurrent_processes_build_once(tmp_path):
 
 def test_a_complete_cache_in_a_read_only_directory_is_used_without_writing(tmp_path):
     cache = tmp_path / "shared"
-    features.ensure_cached(cache, "k", _builder([]))
+    feature_cache.ensure_cached(cache, "k", _builder([]))
     (cache / "k.lock").unlink()
     for p in (cache / "k", cache):
         p.chmod(0o555)
@@ -151,14 +151,14 @@ def test_a_complete_cache_in_a_read_only_directory_is_used_without_writing(tmp_p
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from search import backbones, features
+        from search.features import backbones, feature_cache
         def build(tmp):
             raise SystemExit("must not build")
-        features.ensure_cached(Path({str(cache)!r}), "k", build)
-        print(features.FeatureStore(Path({str(cache)!r}), "k").take([1]).tolist())
+        feature_cache.ensure_cached(Path({str(cache)!r}), "k", build)
+        print(feature_cache.FeatureStore(Path({str(cache)!r}), "k").take([1]).tolist())
         try:
-            features.ensure_cached(Path({str(cache)!r}), "other", build)
-        except features.CacheError as e:
+            feature_cache.ensure_cached(Path({str(cache)!r}), "other", build)
+        except feature_cache.CacheError as e:
             print(e)
     """)
     try:
@@ -179,24 +179,24 @@ def test_cache_key_separates_what_changes_features():
     w = backbones.resolve_weights("random")
     rt = {"trial_backend": "jax", "extraction_backend": "tensorflow", "keras": "3.15.1", "tensorflow": "2.21.0",
           "jax": "0.10.2"}
-    base = features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt)
-    assert base == features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt)
+    base = feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt)
+    assert base == feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt)
     assert base.startswith("fashion_mnist-all-unit-plain-")
     for other in (
-        features.cache_key("fashion_mnist", 0, "caffe", "bilinear", w, "abc", rt),
-        features.cache_key("fashion_mnist", 0, "unit", "nearest", w, "abc", rt),
-        features.cache_key("fashion_mnist", 2000, "unit", "bilinear", w, "abc", rt),
-        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abd", rt),
-        features.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.Weights("file", "/w", "file:sha256=1"),
+        feature_cache.cache_key("fashion_mnist", 0, "caffe", "bilinear", w, "abc", rt),
+        feature_cache.cache_key("fashion_mnist", 0, "unit", "nearest", w, "abc", rt),
+        feature_cache.cache_key("fashion_mnist", 2000, "unit", "bilinear", w, "abc", rt),
+        feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abd", rt),
+        feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", backbones.Weights("file", "/w", "file:sha256=1"),
                            "abc", rt),
-        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "extraction_backend": "jax"}),
-        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "keras": "3.16.0"}),
-        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "tensorflow": "2.22.0"}),
-        features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt, augmentation={"views": 4}),
+        feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "extraction_backend": "jax"}),
+        feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "keras": "3.16.0"}),
+        feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", {**rt, "tensorflow": "2.22.0"}),
+        feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc", rt, augmentation={"views": 4}),
     ):
         assert other != base
     # The trials' backend does not change the features: one cache serves studies on any trial backend.
-    assert features.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc",
+    assert feature_cache.cache_key("fashion_mnist", 0, "unit", "bilinear", w, "abc",
                               {**rt, "trial_backend": "tensorflow"}) == base
 
 
@@ -241,7 +241,7 @@ def test_cached_head_equals_backbone_in_the_loop():
     """The cache changes the cost, not the result: same seed, same predictions."""
     import keras
 
-    from search import head
+    from search.training import head
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(48, 28, 28), dtype=np.uint8)

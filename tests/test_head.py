@@ -1,4 +1,4 @@
-"""search.head: the head the paper describes, trained with honest times (whole fit, compilation, a steady epoch,
+"""search.training.head: the head the paper describes, trained with honest times (whole fit, compilation, a steady epoch,
 evaluation excluded), stopped by after_epoch, failed on a non-finite loss; balanced class weights."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from search import head
 from search import runtime
 from search.errors import TrialFailed
+from search.training import head
 
 P = head.HeadParams(units=16, dropout=0.2, l1=0.0, l2=0.0, learning_rate=3e-3, batch_size=16, epochs=3)
 
@@ -106,7 +106,7 @@ def test_the_same_seed_trains_the_same_head(xy):
 
 
 def test_a_head_built_in_another_thread_trains_the_same_head(xy):
-    """search.trial builds the head while it copies the rows: that must not change a trial's result."""
+    """search.trial.child builds the head while it copies the rows: that must not change a trial's result."""
     from concurrent.futures import ThreadPoolExecutor
 
     x, y = xy

@@ -10,8 +10,8 @@ import numpy as np
 import psutil
 import pytest
 
-from search import features
 from search.errors import DataError, TrialFailed
+from search.features import feature_cache
 from search.isolate import run_isolated
 
 
@@ -35,7 +35,7 @@ def test_exception_fails_the_trial_with_its_reason():
 def test_killed_child_is_reported_as_killed():
     with pytest.raises(TrialFailed, match=r"trial process killed by SIGKILL \(out of memory\?\)") as e:
         run_isolated("tests.jobs:die", {})
-    assert e.value.kind == "killed"  # retried with the same parameters (search.study.RETRIED_KINDS)
+    assert e.value.kind == "killed"  # retried with the same parameters (search.study.lifecycle.RETRIED_KINDS)
 
 
 def test_service_errors_keep_their_type():
@@ -126,7 +126,7 @@ def _real_cache(tmp_path, n: int, dim: int) -> tuple[str, str]:
         np.save(tmp / "features.npy", (centers[y] + rng.normal(size=(n, dim))).astype(np.float32))
         np.save(tmp / "labels.npy", y)
 
-    features.ensure_cached(tmp_path, "k", build)
+    feature_cache.ensure_cached(tmp_path, "k", build)
     return str(tmp_path), "k"
 
 
@@ -145,10 +145,10 @@ def test_same_trial_same_peak_memory_first_or_sixth(tmp_path):
     """Memory is per trial: the sixth trial of a sequence peaks like the first."""
     spec = _spec(_real_cache(tmp_path, 2000, 2048), epochs=2)
     env = {"KERAS_BACKEND": "jax"}
-    first = run_isolated("search.trial:run_trial", spec, env=env).peak_memory_mb
+    first = run_isolated("search.trial.child:run_trial", spec, env=env).peak_memory_mb
     for units in (64, 512, 1024, 128, 2048):
-        run_isolated("search.trial:run_trial", {**spec, "params": {**spec["params"], "units": units}}, env=env)
-    sixth = run_isolated("search.trial:run_trial", spec, env=env).peak_memory_mb
+        run_isolated("search.trial.child:run_trial", {**spec, "params": {**spec["params"], "units": units}}, env=env)
+    sixth = run_isolated("search.trial.child:run_trial", spec, env=env).peak_memory_mb
     assert abs(sixth - first) <= 0.10 * first
 
 
@@ -168,12 +168,12 @@ def test_train_time_alone_and_beside_another_worker_agree_with_the_same_cores(tm
     paired: dict[int, list[float]] = {c: [] for c in cores[:2]}
 
     def worker(core: int) -> None:
-        out = run_isolated("search.trial:run_trial", spec, env=env, cpus=[core])
+        out = run_isolated("search.trial.child:run_trial", spec, env=env, cpus=[core])
         assert out.result["threads"] == 1
         paired[core].append(out.result["train_time_s"])
 
     for _ in range(2):
-        out = run_isolated("search.trial:run_trial", spec, env=env, cpus=[cores[0]])
+        out = run_isolated("search.trial.child:run_trial", spec, env=env, cpus=[cores[0]])
         assert out.result["threads"] == 1
         alone.append(out.result["train_time_s"])
         threads = [threading.Thread(target=worker, args=(c,)) for c in cores[:2]]

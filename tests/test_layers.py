@@ -1,6 +1,6 @@
 """The package's layers, read from the source: every module imports only its own layer or those below it, no
 import circle (function-local and TYPE_CHECKING imports counted), no function over 80 lines, no Optuna
-internals outside search/optuna_compat.py, and the trial process imports no Optuna."""
+internals outside search/study/optuna_compat.py, and the trial process imports no Optuna."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ PACKAGE = ROOT / "search"
 # Bottom to top; a module is named without the "search." prefix, a package by its first part.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("config",),                                        # names and schema
-    ("runtime", "isolate", "signals"),                  # what every process needs
-    ("data", "user_data"),
-    ("backbones", "features"),
-    ("spec", "head", "augment", "metrics", "epochs"),   # the trial's contract; training and measuring a head
-    ("trial", "pictures"),                              # the trial process: no Optuna
-    ("optuna_compat", "trials", "storage", "samplers", "study", "objective", "snapshots", "artifacts", "repeats"),
-    ("api", ""),                                        # "": search/__init__.py, the public API
+    ("config",),                        # names, the study's schema and the trial's typed spec
+    ("runtime", "isolate", "signals"),  # what every process needs
+    ("data",),
+    ("features",),
+    ("training",),
+    ("trial",),                         # the trial process: no Optuna
+    ("study",),                         # the lowest layer that imports Optuna
+    ("api", ""),                        # "": search/__init__.py, the public API
     ("run", "workers", "confirm", "dashboard", "catalog", "progress", "report"),  # front doors
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -55,7 +55,7 @@ def imported(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 up = package.split(".")[:len(package.split(".")) - (node.level - 1)]
                 base = ".".join(up + ([base] if base else []))
-            # "from search import data" imports search.data; "from search.config import X" imports search.config.
+            # "from search import data" imports search.data.datasets; "from search.config import X" imports search.config.
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         else:
             continue
@@ -129,13 +129,33 @@ def test_no_function_is_longer_than_80_lines():
 
 def test_optuna_internals_only_in_the_compatibility_module():
     private = re.compile(r"\._(trial_id|study_id|storage|cached_frozen_trial)\b|Cannot tell a")
-    hits = [f"{name}: {line.strip()}" for name, path in modules().items() if name != "search.optuna_compat"
+    hits = [f"{name}: {line.strip()}" for name, path in modules().items() if name != "search.study.optuna_compat"
             for line in path.read_text().splitlines() if private.search(line)]
     assert hits == []
 
 
-@pytest.mark.parametrize("module", ["search.trial", "search.features", "search.epochs"])
+@pytest.mark.parametrize("module", ["search.trial.child", "search.features.feature_cache", "search.trial.epochs"])
 def test_the_trial_process_imports_no_optuna(module):
     code = f"import sys, {module}; print(sorted(m for m in ('optuna', 'sqlalchemy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_layer_below_study_names_optuna():
+    """Statically, function-local imports too: Optuna is the study layer's, never a layer beneath it."""
+    study = LAYER_OF["study"]
+    hits = []
+    for name, path in modules().items():
+        if layer(name) >= study:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            hits += [f"{name}: {n}" for n in names if n.split(".")[0] in ("optuna", "optuna_dashboard")]
+    assert hits == []
+
+
+def test_the_package_folders_are_the_layers():
+    """Each layer's modules sit in the folder named after it, so the tree itself shows the layering."""
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    assert folders == sorted(["config", "data", "features", "training", "trial", "study", "report"])

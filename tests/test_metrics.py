@@ -1,4 +1,4 @@
-"""search.metrics: values agree with a case worked by hand and with scikit-learn; every stored name says its split."""
+"""search.trial.metrics: values agree with a case worked by hand and with scikit-learn; every stored name says its split."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from search import metrics
-from search.metrics import evaluate
 from search.config.choices import METRICS, QUALITY, stored_name
+from search.trial import metrics
+from search.trial.metrics import evaluate
 
 
 def test_hand_worked_case():

@@ -1,4 +1,4 @@
-"""search.objective: what the sampler sees (the config's objectives, on the study's split), what is stored beside it,
+"""search.study.objective: what the sampler sees (the config's objectives, on the study's split), what is stored beside it,
 arms, the grid guard, the shared target, time limits, budgets, and a result kept when a peer failed the trial.
 
 The objective runs for real on a SQLite study; the trial process is replaced through ``Context(runner=...)``
@@ -14,13 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import objective as obj
-from search import storage as sto
-from search import trials as tr
 from search.config import load_config
 from search.errors import TrialFailed
 from search.isolate import Outcome
-from search import optuna_compat as compat
+from search.study import objective as obj, optuna_compat as compat, storage as sto, trials as tr
 
 from .conftest import TINY_CONFIG
 from .stand_ins import PNG
@@ -61,7 +58,7 @@ class Runner:
 
 def _study(tmp_path: Path, config, seed: int = 0) -> optuna.Study:
     storage = sto.open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1)
-    from search.samplers import make_sampler
+    from search.study.samplers import make_sampler
 
     return optuna.create_study(study_name="o", storage=storage, directions=config.directions,
                                sampler=make_sampler(config))
@@ -252,7 +249,7 @@ def test_a_result_is_kept_when_another_process_failed_the_trial_while_it_ran(tmp
         tr.fail_and_retry(peer, running, "heartbeat silent for 3 s")
 
     objective = obj.make_objective(_ctx(config, Runner(during=peer_fails_it), target=1), lambda e: None)
-    with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):  # Optuna's complaint; search.study goes on
+    with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):  # Optuna's complaint; search.study.lifecycle goes on
         study.optimize(objective, n_trials=1)
     failed, kept = study.get_trials()
     assert failed.state == TrialState.FAIL and kept.state == TrialState.COMPLETE

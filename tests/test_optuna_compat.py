@@ -1,16 +1,16 @@
-"""search.optuna_compat: every private Optuna attribute the service uses, exercised on the installed Optuna."""
+"""search.study.optuna_compat: every private Optuna attribute the service uses, exercised on the installed Optuna."""
 
 from __future__ import annotations
 
 import optuna
 import pytest
 
-from search import optuna_compat as compat
+from search.study import optuna_compat as compat
 
 
 def test_the_installed_optuna_is_one_the_module_was_checked_against():
     assert optuna.__version__.startswith(compat.CHECKED_WITH), (
-        f"Optuna {optuna.__version__}: check search/optuna_compat.py against it, then add it to CHECKED_WITH")
+        f"Optuna {optuna.__version__}: check search/study/optuna_compat.py against it, then add it to CHECKED_WITH")
 
 
 def test_ids_and_storage_are_those_the_storage_api_takes():

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from search import augment, samplers
 from search.config import available_studies, load_config
-from search.objective import resolve_params
+from search.study import samplers
+from search.study.objective import resolve_params
+from search.training import augment
 
 CONFIGS = Path(__file__).resolve().parent.parent / "study_configs"
 PAPER = ["fmnist_balance", "cifar10_balance", "fmnist_splits", "cifar10_splits", "fmnist_reg", "fmnist_reg_paper"]

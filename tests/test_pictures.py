@@ -1,4 +1,4 @@
-"""search.pictures: a trial's pictures are real PNGs, one set per evaluated split, each titled with its split."""
+"""search.trial.pictures: a trial's pictures are real PNGs, one set per evaluated split, each titled with its split."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search import metrics, pictures
 from search.config.choices import DATASETS
+from search.trial import metrics, pictures
 
 NAMES = DATASETS["fashion_mnist"].class_names
 

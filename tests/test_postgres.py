@@ -20,11 +20,11 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from search import optuna_compat as compat
+
+from search.study import optuna_compat as compat
 
 from .conftest import lines, requires, stop, wait_for
 from .test_workers import check_study, running_trials, scenario_exact_target, scenario_killed_worker
-
 
 pytestmark = pytest.mark.requires("postgres")
 

@@ -1,4 +1,4 @@
-"""search.repeats: repeats stored one attribute per (trial, seed), so concurrent confirmations merge; summaries
+"""search.study.repeats: repeats stored one attribute per (trial, seed), so concurrent confirmations merge; summaries
 with t-intervals; arms compared paired by seed (never by position), naming the seeds one arm lacks."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import optuna
 import pytest
 from scipy import stats
 
-from search import repeats
+from search.study import repeats
 
 from .conftest import ROOT
 
@@ -88,7 +88,7 @@ def test_two_processes_confirming_one_study_at_once_keep_every_run(tmp_path):
     script = textwrap.dedent(f"""
         import sys, optuna
         sys.path.insert(0, {str(ROOT)!r})
-        from search import repeats, storage
+        from search.study import repeats, storage
         study = optuna.load_study(study_name="c", storage=storage.open_storage({url!r}))
         first = int(sys.argv[1])
         for seed in range(first, first + 15):

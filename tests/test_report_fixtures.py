@@ -64,7 +64,7 @@ def history(final_accuracy: float, epochs: int, split: str = "test", start: floa
 def attrs(accuracy: float, roc_auc: float, train_time_s: float, peak_memory_mb: float, *, split: str = "test",
           backend: str = "jax", settings: dict[str, Any] | None = None, epochs: int = 3,
           roc_auc_hard: float | None = None, **extra: Any) -> dict[str, Any]:
-    """The user attributes of one trial, shaped as search/trial.py writes them."""
+    """The user attributes of one trial, shaped as search/trial/child.py writes them."""
     out: dict[str, Any] = {"objective_split": split, "keras_backend": backend}
     recall = [round(min(1.0, accuracy + (c - 4.5) / 50), 4) for c in range(10)]
     quality = {"accuracy": accuracy, "balanced_accuracy": accuracy, "precision": accuracy - 0.01,

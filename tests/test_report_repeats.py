@@ -1,6 +1,6 @@
 """search.report.repeats: the confirmed trials of ``search.confirm`` with their intervals and claims.
 
-The numbers themselves (search.repeats.summarize / differences) are tested in tests/test_repeats.py;
+The numbers themselves (search.study.repeats.summarize / differences) are tested in tests/test_repeats.py;
 here: what the report reads (runs stored one per (trial, seed), and the older single attribute) and shows.
 """
 
@@ -32,7 +32,7 @@ def confirmed_study(storage: str | None, legacy_names: bool) -> optuna.Study:
     ``legacy_names``: the single ``search:confirm`` attribute written before runs were stored one by one
     (unprefixed objective name, ``evaluation`` saying the split); otherwise one attribute per (trial, seed).
     """
-    from search.repeats import LEGACY_ATTR, store_run
+    from search.study.repeats import LEGACY_ATTR, store_run
 
     study = new_study(storage, "imb", [("val_balanced_accuracy", "maximize"), ("train_time_s", "minimize")],
                       split="validation")

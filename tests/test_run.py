@@ -17,11 +17,11 @@ import pytest
 from optuna.trial import TrialState
 
 from search import run
-from search.study import IDENTITY_ATTR
-from search import optuna_compat as compat
+from search.study import optuna_compat as compat
+from search.study.lifecycle import IDENTITY_ATTR
 
-from .conftest import ROOT, as_user_without_overrides, cli_env, lines, needs_real_fashion, run_cli, stop, wait_for
-from .conftest import write_fashion_dir
+from .conftest import (ROOT, as_user_without_overrides, cli_env, lines, needs_real_fashion, run_cli, stop, wait_for,
+                       write_fashion_dir)
 from .stand_ins import measures
 
 SECRET = "S3CRETPW"

@@ -1,4 +1,4 @@
-"""search.samplers: every registered sampler builds from a config; grid points and a grid study's target."""
+"""search.study.samplers: every registered sampler builds from a config; grid points and a grid study's target."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search import samplers
 from search.config import load_config
-from search.objective import suggest
+from search.study import samplers
+from search.study.objective import suggest
 
 from .conftest import TINY_CONFIG
 

@@ -1,7 +1,7 @@
 """Epoch snapshots and MOASHA early stopping (issue 13): the ranking rule, the recorded trials, the target,
 the display, and real Keras runs proving that a snapshot after epoch e is an e-epoch trial.
 
-Self-contained: the in-process tests run the real objective (search.objective) with a stand-in runner
+Self-contained: the in-process tests run the real objective (search.study.objective) with a stand-in runner
 (``Context(runner=...)``); the real runs train on a small synthetic feature cache written here, in
 trial processes as the service runs them; the end-to-end test writes its own tiny Fashion-MNIST files.
 """
@@ -24,15 +24,15 @@ import pytest
 from optuna.trial import TrialState
 from rich.console import Console
 
-from search import epochs, features, metrics, snapshots
-from search import objective as obj
-from search import study as st
 from search.config import StudyConfig
 from search.config.choices import SPLIT_PREFIX
+from search.features import feature_cache
 from search.isolate import Outcome
 from search.progress import Display
-from search.storage import open_storage
-from search.trials import n_counted
+from search.study import lifecycle as st, objective as obj, snapshots
+from search.study.storage import open_storage
+from search.study.trials import n_counted
+from search.trial import epochs, metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX, MIN = "maximize", "minimize"
@@ -119,7 +119,7 @@ def quality(p: dict[str, Any], epoch: int) -> dict[str, float]:
 
 
 def fake_runner(spec: dict[str, Any], on_event, timeout) -> Outcome:
-    """search.trial.run_trial's contract without Keras: the trial-process side of snapshots is the real one."""
+    """search.trial.child.run_trial's contract without Keras: the trial-process side of snapshots is the real one."""
     p = spec["params"]
     split = SPLIT_PREFIX[spec["evaluation"]]
     snaps = epochs.EpochSnapshots(spec.get("snapshots"))
@@ -145,10 +145,10 @@ def fake_runner(spec: dict[str, Any], on_event, timeout) -> Outcome:
 
 
 class Run:
-    """A study of ``config`` in a SQLite file, run by search.study.optimize with the real objective."""
+    """A study of ``config`` in a SQLite file, run by search.study.lifecycle.optimize with the real objective."""
 
     def __init__(self, tmp: Path, config: StudyConfig, runner=fake_runner, **ctx: Any):
-        from search import samplers
+        from search.study import samplers
 
         self.config = config
         self.storage = open_storage(f"sqlite:///{tmp / 'snap.db'}")
@@ -334,13 +334,14 @@ def write_features(cache_dir: Path, n: int = 400, dim: int = 24, seed: int = 0) 
         np.save(tmp / "features.npy", x)
         np.save(tmp / "labels.npy", labels.astype(np.int64))
 
-    features.ensure_cached(cache_dir, key, build)
+    feature_cache.ensure_cached(cache_dir, key, build)
     return key
 
 
 def recording_trial(spec: dict[str, Any], report) -> dict[str, Any]:
-    """search.trial.run_trial, saving every prediction it makes (in order) to $RECORD_PREDICTIONS_TO."""
-    from search import head, trial
+    """search.trial.child.run_trial, saving every prediction it makes (in order) to $RECORD_PREDICTIONS_TO."""
+    from search.training import head
+    from search.trial import child
 
     made = []
     predict = head.predict
@@ -352,7 +353,7 @@ def recording_trial(spec: dict[str, Any], report) -> dict[str, Any]:
 
     head.predict = recorded
     try:
-        result = trial.run_trial(spec, report)
+        result = child.run_trial(spec, report)
     finally:
         head.predict = predict
     np.savez(Path(os.environ["RECORD_PREDICTIONS_TO"]) / f"epochs{spec['params']['epochs']}.npz", *made)

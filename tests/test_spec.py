@@ -1,4 +1,4 @@
-"""search.spec: the trial's typed contract, and the JSON it crosses the process boundary as."""
+"""search.config.spec: the trial's typed contract, and the JSON it crosses the process boundary as."""
 
 import dataclasses
 import json
@@ -6,8 +6,8 @@ import json
 import pytest
 
 from search.config import SEARCHABLE, load_config
-from search.objective import Context, resolve_params, trial_spec
-from search.spec import Pictures, TrialParams, TrialSpec
+from search.config.spec import Pictures, TrialParams, TrialSpec
+from search.study.objective import Context, resolve_params, trial_spec
 
 from .conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""search.storage: URLs checked before anything is created, passwords never printed, storages that must exist
+"""search.study.storage: URLs checked before anything is created, passwords never printed, storages that must exist
 are opened without creating anything."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import sqlite3
 import optuna
 import pytest
 
-from search import storage as sto
 from search.errors import StorageError, UsageError
+from search.study import storage as sto
 
 SECRET = "S3CRETPW"
 

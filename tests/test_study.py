@@ -1,7 +1,7 @@
-"""search.study: create or resume a study with its identity (never one without), recover lost trials, retry grid
+"""search.study.lifecycle: create or resume a study with its identity (never one without), recover lost trials, retry grid
 points and killed trials, stop on repeated failures, and run to exactly the target.
 
-The objective is the real one (search.objective.make_objective); its trial process is replaced through
+The objective is the real one (search.study.objective.make_objective); its trial process is replaced through
 ``Context(runner=...)``: by a function returning known measures, or by the real trial in this process.
 """
 
@@ -20,16 +20,13 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from search import objective as obj
 from search import signals
-from search import storage as sto
-from search import study as st
 from search.config import load_config, study_identity
 from search.errors import DriftError, Interrupted, TooManyFailures, TrialFailed
 from search.isolate import Outcome
-from search.samplers import make_sampler, target
-from search.trials import OWNER_ATTR
-from search import optuna_compat as compat
+from search.study import lifecycle as st, objective as obj, optuna_compat as compat, storage as sto
+from search.study.samplers import make_sampler, target
+from search.study.trials import OWNER_ATTR
 
 from .conftest import TINY_CONFIG, copy_shared_cache
 from .stand_ins import measures
@@ -141,7 +138,7 @@ def test_check_resume_refuses_before_any_work_and_creates_nothing(tmp_path, url,
 
 
 class _FastClock:
-    """search.study's clock, sped up: it waits up to 10 s for the identity of a study another process creates."""
+    """search.study.lifecycle's clock, sped up: it waits up to 10 s for the identity of a study another process creates."""
 
     def __init__(self):
         self.now = 0.0
@@ -358,8 +355,8 @@ def real_cache(tmp_path_factory) -> tuple[Path, str]:
 
 
 def real_runner(spec, on_event, timeout) -> Outcome:
-    """The real trial (search.trial.run_trial) in this process: real Keras, real loss."""
-    from search.trial import run_trial
+    """The real trial (search.trial.child.run_trial) in this process: real Keras, real loss."""
+    from search.trial.child import run_trial
 
     return Outcome(run_trial(spec, lambda **kw: None), peak_memory_mb=1.0, start_memory_mb=0.0)
 
@@ -417,11 +414,11 @@ RECOVER = """
 import sys, time
 sys.path.insert(0, {root!r})
 import optuna
-from search import storage, study
+from search.study import lifecycle, storage
 s = optuna.load_study(study_name="s", storage=storage.open_storage({url!r}, heartbeat_interval=1))
 while time.time() < {go}:
     pass
-study.recover_dead_trials(s)
+lifecycle.recover_dead_trials(s)
 """
 
 
@@ -445,7 +442,7 @@ def test_a_lost_trial_queued_twice_is_still_trained_once(storage, tmp_path):
     config = _config(tmp_path)
     study = _new(storage, config)
     lost = _lost_trial(study)
-    from search.trials import RetryCallback, fail_and_retry
+    from search.study.trials import RetryCallback, fail_and_retry
 
     fail_and_retry(study, lost, "owner process died")
     RetryCallback()(study, study.get_trials()[0])  # a second process queued it too

@@ -1,4 +1,4 @@
-"""search.trial: one trial on cached features: every measure named by its split, the protocol's rows, the
+"""search.trial.child: one trial on cached features: every measure named by its split, the protocol's rows, the
 imbalance and its handling on the training rows only, its pictures, and a cache damaged under it refused."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import features
 from search.config.choices import QUALITY
+from search.config.spec import TrialSpec
 from search.errors import CacheError
+from search.features import feature_cache
 from search.isolate import run_isolated
-from search.spec import TrialSpec
-from search.trial import curve_first, head_params, run_trial, split_rows
+from search.trial.child import curve_first, head_params, run_trial, split_rows
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def cache(tmp_path_factory) -> tuple[str, str]:
         np.save(tmp / "features.npy", x)
         np.save(tmp / "labels.npy", y)
 
-    features.ensure_cached(d, "k", build)
+    feature_cache.ensure_cached(d, "k", build)
     return str(d), "k"
 
 
@@ -171,7 +171,7 @@ def test_a_cache_damaged_after_it_was_checked_is_never_used(cache, tmp_path):
 def test_a_trial_in_its_own_process_records_its_time_cpu_threads_and_memory(cache):
     """The real trial process on one core: train/compile/steady epoch times, CPU time, threads, memory."""
     core = sorted(os.sched_getaffinity(0))[0]
-    out = run_isolated("search.trial:run_trial", spec(cache, epochs=2), env={"KERAS_BACKEND": "jax"}, cpus=[core])
+    out = run_isolated("search.trial.child:run_trial", spec(cache, epochs=2), env={"KERAS_BACKEND": "jax"}, cpus=[core])
     r = out.result
     assert r["keras_backend"] == "jax" and r["threads"] == 1
     assert r["train_time_s"] > 0 and r["epoch_time_s"] > 0 and r["compile_time_s"] >= 0

@@ -1,4 +1,4 @@
-"""search.trials: owners, retries as fresh attempts (no measures, no pictures), a result kept when another
+"""search.study.trials: owners, retries as fresh attempts (no measures, no pictures), a result kept when another
 process failed its trial, and a heartbeat that survives failed writes."""
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from search import storage as sto
-from search import trials as tr
-from search import optuna_compat as compat
+from search.study import optuna_compat as compat, storage as sto, trials as tr
 
 from .stand_ins import PNG
 

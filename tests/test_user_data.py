@@ -1,4 +1,4 @@
-"""search.user_data and the "folder" / "npz" datasets: a user's own images through the same pipeline.
+"""search.data.user_data and the "folder" / "npz" datasets: a user's own images through the same pipeline.
 
 Data the tests make (tests/conftest.py: three classes of distinct patterns, as PNGs of mixed modes and sizes,
 and the same images as arrays); random-weight ResNet50 features, on which a head separates them.
@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 import search
-from search import data, user_data
+from search.data import datasets, user_data
 from search.errors import BadData
 
 from .conftest import ROOT, TINY_CONFIG, USER_CLASSES, lines, pattern_images, run_cli, write_image_folder, write_npz
+
 
 def _text(name: str, path: Path | str | None) -> str:
     """The tests' tiny config over a user's own dataset (no ``path`` line when ``path`` is None); 5 epochs."""
@@ -64,12 +65,12 @@ def test_npz_labels_are_renumbered_and_named(tmp_path):
 
 
 def test_the_fingerprint_follows_the_pixels_and_the_class_names(tmp_path):
-    a = data.load_pooled("folder", write_image_folder(tmp_path / "imgs", n_per_class=10))
+    a = datasets.load_pooled("folder", write_image_folder(tmp_path / "imgs", n_per_class=10))
     (tmp_path / "imgs" / "checks").rename(tmp_path / "imgs" / "blocks")  # still the first class
-    b = data.load_pooled("folder", tmp_path / "imgs")
+    b = datasets.load_pooled("folder", tmp_path / "imgs")
     assert np.array_equal(a.images, b.images) and a.fingerprint() != b.fingerprint()
     Image.new("L", (28, 28), 255).save(tmp_path / "imgs" / "vertical" / "0000x.png")
-    assert data.load_pooled("folder", tmp_path / "imgs").fingerprint() != b.fingerprint()
+    assert datasets.load_pooled("folder", tmp_path / "imgs").fingerprint() != b.fingerprint()
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, nothing created

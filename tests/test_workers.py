@@ -78,8 +78,8 @@ def test_worker_cores_divide_the_machine():
 def test_each_process_seeds_its_sampler_from_its_first_trial_number(tmp_path):
     import optuna
 
-    from search import samplers
     from search.config import load_config
+    from search.study import samplers
 
     from .conftest import TINY_CONFIG
 

@@ -3,18 +3,19 @@
 The config layer imports nothing else of the service, so the names live here; the
 implementations sit beside their behaviour, in dicts keyed by the same names:
 
-=================  =====================================  ==============================
+=================  =====================================  =============================================
 choice             names (here)                           implementations
-=================  =====================================  ==============================
-dataset            ``DATASETS``                           ``search.data.LOADERS``
-imbalance profile  ``PROFILES``                           ``search.data.PROFILE_RULES``
-handling           ``HANDLINGS`` (loss or data)           ``search.head.LOSSES``, ``search.data.RESAMPLERS``
-preprocessing      ``PREPROCESSINGS``                     ``search.backbones.PREPROCESS``
-backbone           ``BACKBONES``                          ``search.backbones.APPLICATIONS``
-augmentation mode  ``AUGMENTATIONS``                      ``search.augment.TRAINING_INPUTS`` (and "none")
-sampler            ``SAMPLERS``                           ``search.samplers.FACTORIES``
+=================  =====================================  =============================================
+dataset            ``DATASETS``                           ``search.data.datasets.LOADERS``
+imbalance profile  ``PROFILES``                           ``search.data.datasets.PROFILE_RULES``
+handling           ``HANDLINGS`` (loss or data)           ``search.training.head.LOSSES``,
+                                                          ``search.data.datasets.RESAMPLERS``
+preprocessing      ``PREPROCESSINGS``                     ``search.features.backbones.PREPROCESS``
+backbone           ``BACKBONES``                          ``search.features.backbones.APPLICATIONS``
+augmentation mode  ``AUGMENTATIONS``                      ``search.training.augment.TRAINING_INPUTS`` (and "none")
+sampler            ``SAMPLERS``                           ``search.study.samplers.FACTORIES``
 Keras backend      ``BACKENDS`` (the package to import)   ``search.runtime``
-=================  =====================================  ==============================
+=================  =====================================  =============================================
 
 A test per registry checks that the two key sets agree (tests/test_choices.py).
 """
@@ -61,7 +62,8 @@ PROFILES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class HandlingChoice:
-    changes: Literal["loss", "data"]  # "loss": search.head.LOSSES; "data": the training rows (search.data.RESAMPLERS)
+    # "loss": search.training.head.LOSSES; "data": the training rows (search.data.datasets.RESAMPLERS)
+    changes: Literal["loss", "data"]
     doc: str
 
 

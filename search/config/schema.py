@@ -18,7 +18,8 @@ import json
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator,
+                      model_validator)
 
 from search.config.choices import (AUGMENTATIONS, BACKBONES, DATASETS, EARLY_STOPPING, EVALUATIONS, HANDLINGS, METRICS,
                                    PREPROCESSINGS, PROFILES, SAMPLERS, stored_name)
@@ -72,7 +73,7 @@ class Dataset(_Frozen):
 
 class Balance(_Frozen):
     mode: Literal["balanced", "imbalanced"] = "balanced"
-    profile: str = "paper"          # search.data.PROFILES
+    profile: str = "paper"          # search.config.choices.PROFILES
     rho: Float = Field(10.0, gt=1.0, le=1e4)
     reduce_classes: tuple[Int, ...] = (0, 1, 2)
     reduce_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
@@ -99,7 +100,7 @@ class Preprocessing(_Frozen):
 class Augmentation(_Frozen):
     """Training-row augmentation (the paper's: rotation 20 degrees, shifts 0.2, horizontal flip)."""
 
-    mode: str = "none"              # search.augment.MODES
+    mode: str = "none"              # search.config.choices.AUGMENTATIONS
     rotation: Float = Field(20.0, ge=0.0, le=180.0)   # degrees
     shift: Float = Field(0.2, ge=0.0, lt=1.0)         # fraction of width and height
     horizontal_flip: Bool = True
@@ -140,10 +141,10 @@ class Training(_Frozen):
     epochs: Int = Field(5, ge=1, le=1000)
     split_ratio: Float = Field(0.8, gt=0.0, lt=1.0)
     seed: Int = Field(0, ge=0, lt=2**32)
-    handling: str = "none"          # search.data.HANDLINGS
+    handling: str = "none"          # search.config.choices.HANDLINGS
     focal_gamma: Float = Field(2.0, ge=0.0, le=10.0)
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
-    evaluation: str = "validation"  # search.data.EVALUATIONS: where the objectives are measured
+    evaluation: str = "validation"  # search.config.choices.EVALUATIONS: where the objectives are measured
     validation_fraction: Float = Field(0.2, gt=0.0, lt=1.0)
 
     _handling = _registered("handling", HANDLINGS, "handling")
@@ -288,15 +289,15 @@ class Run(_Frozen):
     timeout: Float | None = Field(None, gt=0, le=30 * DAY_S)
     max_consecutive_failures: Int = Field(3, ge=1, le=1000)
     # A failed grid point, or a trial killed by the kernel or its time limit in any sampler, is run again
-    # with the same parameters up to this many times (search.study.RetryPolicy).
+    # with the same parameters up to this many times (search.study.lifecycle.RetryPolicy).
     max_retries: Int = Field(2, ge=0, le=10)
     # Wall seconds after which a trial's process is killed; None: 10x the slowest COMPLETE trial (none
     # for the first trial).
     trial_timeout: Float | None = Field(None, gt=0, le=7 * DAY_S)
     # Record each epoch e < E of a trial inside the searched epochs range as its own COMPLETE trial
-    # (search.snapshots); "moasha" also stops a trial early at its rungs.
+    # (search.study.snapshots); "moasha" also stops a trial early at its rungs.
     epoch_snapshots: Bool = False
-    early_stopping: str = "none"    # search.snapshots.EARLY_STOPPING
+    early_stopping: str = "none"    # search.config.choices.EARLY_STOPPING
     rungs: tuple[Int, ...] = (5, 10, 20)
     # Rows of the evaluation split the per-epoch learning curve is measured on: a stratified, seeded sample,
     # so the curve costs one small prediction per epoch (the whole split after every epoch was 7.7 s of a

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from search.metrics import curve_sample_note
 from search.report.load import ATTR_PREFIX, StudyData
+from search.trial.metrics import curve_sample_note
 
 REGULARIZATION = ("l1", "l2", "dropout")
 MAX_SETTINGS = 40  # bars in the regularization chart; beyond, the best by accuracy

@@ -31,8 +31,8 @@ LEGACY_QUALITY = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", 
 # ---------------------------------------------------------------- storage
 
 def open_readonly_url(url: str | None):
-    """An existing storage, opened read-only (search.storage.open_readonly); None: the default storage."""
-    from search import storage
+    """An existing storage, opened read-only (search.study.storage.open_readonly); None: the default storage."""
+    from search.study import storage
 
     return storage.open_readonly(storage.storage_url(url))
 
@@ -196,7 +196,7 @@ def from_study(study: Any) -> StudyData:
     import optuna
     from optuna.trial import TrialState
 
-    from search.study import CONFIG_ATTR, IDENTITY_ATTR
+    from search.study.lifecycle import CONFIG_ATTR, IDENTITY_ATTR
 
     attrs = study.user_attrs
     config = attrs.get(CONFIG_ATTR) or {}
@@ -226,7 +226,7 @@ def from_study(study: Any) -> StudyData:
 
 def _ours(study):
     """``study`` if search.run made it; a study of plain Optuna has none of the records a report is made of."""
-    from search.study import CONFIG_ATTR
+    from search.study.lifecycle import CONFIG_ATTR
 
     if CONFIG_ATTR not in study.user_attrs:
         raise UsageError(f"--study: {study.study_name!r} was not created by search.run (it has no {CONFIG_ATTR} "

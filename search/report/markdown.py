@@ -107,8 +107,8 @@ def summary_md(d: StudyData, files: dict[str, Path], notes: dict[str, str], capt
     was not drawn; ``captions``: extra words per figure (e.g. the hypervolume's reference point);
     ``paper``: ``paper.compare``'s result; ``repeats``: ``repeats.markdown``'s lines.
     """
-    from search.artifacts import ARTIFACT_DIR_ATTR
     from search.report.paper import AGREE_TOLERANCE
+    from search.study.artifacts import ARTIFACT_DIR_ATTR
 
     lines = [f"# Study `{d.name}`", ""]
     if d.weights_warning:

@@ -1,8 +1,8 @@
-"""The confirmed-repeats section: what ``python -m search.confirm`` stored (search.repeats).
+"""The confirmed-repeats section: what ``python -m search.confirm`` stored (search.study.repeats).
 
 Per confirmed trial and metric: mean ± std [95% t-interval] over the seeds, next to the search's single
 run (``repeats.csv``, ``repeats.png``), and the differences between confirmed trials one parameter apart,
-paired by seed (``search.repeats.differences``).  Metric names are split-prefixed as everywhere in the report.
+paired by seed (``search.study.repeats.differences``).  Metric names are split-prefixed as everywhere in the report.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from search.report.load import ATTR_PREFIX, StudyData, qualified
 
 
 def confirmed(d: StudyData) -> dict[str, Any] | None:
-    """The study's confirmed repeats (search.repeats.confirmed), split-prefixed; None when nothing is confirmed."""
-    from search import repeats
+    """The study's confirmed repeats (search.study.repeats.confirmed), split-prefixed; None: nothing confirmed."""
+    from search.study import repeats
 
     conf = repeats.confirmed(d.study.user_attrs)
     if not conf["trials"]:
@@ -106,9 +106,8 @@ def figure(d: StudyData, conf: dict[str, Any], metrics: list[str]):
 
 def markdown(d: StudyData, conf: dict[str, Any], metrics: list[str], png: Path | None) -> list[str]:
     """The "Repeats" section of summary.md (also printed by the command line)."""
-    from search.repeats import interval
-    from search.repeats import differences
     from search.report.markdown import md_table
+    from search.study.repeats import differences, interval
 
     items = entries(conf)
     lines = ["", "## Repeats (`search.confirm`)", "",

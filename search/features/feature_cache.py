@@ -1,7 +1,7 @@
 """Frozen-backbone features, computed once per key and cached on disk; verified by every process that reads them.
 
 A trial never runs the backbone: it reads rows of the cached (N, 2048) matrix
-(or of a (V, N, 2048) matrix of augmented views, search.augment).  An entry is
+(or of a (V, N, 2048) matrix of augmented views, search.training.augment).  An entry is
 one directory holding ``features.npy``, ``labels.npy`` and ``meta.json``; the
 metadata carries a CRC-32 per block of rows, so a reader verifies exactly the
 rows it reads, once per process (``FeatureStore``), and a damaged entry is
@@ -35,9 +35,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from search import data
-from search.backbones import DEFAULT_SIZE, Weights, augmenter, build_backbone, spread, to_backbone_input, view_seed
+from search.data import datasets
 from search.errors import CacheError
+from search.features.backbones import (DEFAULT_SIZE, Weights, augmenter, build_backbone, spread, to_backbone_input,
+                                       view_seed)
 from search.runtime import runtime_identity
 
 EXTRACT_BATCH = 256
@@ -297,7 +298,7 @@ def open_features(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def extract(images: np.ndarray, labels: np.ndarray, preprocessing: str, resize: str, weights: Weights,
             out_dir: Path, on_progress: Callable[[int, int], None] = lambda done, total: None) -> float:
     """Run the frozen backbone over ``images`` once and write features and labels to ``out_dir``; returns the
-    features' spread across images (search.backbones.spread, on the first chunk)."""
+    features' spread across images (search.features.backbones.spread, on the first chunk)."""
     backbone = build_backbone(weights)
     n = len(images)
     feats = open_features(out_dir / "features.npy", (n, backbone.output_shape[-1]))
@@ -324,8 +325,8 @@ def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, re
 
     Writes a (V, N, D) ``features.npy``; view v is the whole dataset augmented once by
     ``augmenter`` seeded with ``view_seed(settings["seed"], v)``, so an entry is
-    one fixed, reproducible draw (``settings`` is ``search.augment.view_settings``, also in the key).
-    The augmentation acts on the backbone's input, as ``search.head.full_model`` does in the
+    one fixed, reproducible draw (``settings`` is ``search.training.augment.view_settings``, also in the key).
+    The augmentation acts on the backbone's input, as ``search.training.head.full_model`` does in the
     ``online`` mode, so a view is exactly what an online batch could have seen.
     """
     import keras
@@ -350,7 +351,7 @@ def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, re
 
 def extract_job(spec: dict, report: Callable[..., None]) -> dict:
     """Child-process entry (see isolate.py): read the dataset, extract, write to ``spec['out_dir']``."""
-    pooled = data.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
+    pooled = datasets.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
                               spec["subset"], spec["subset_seed"])
     weights = Weights(**spec["weights"])
     report(stage="extracting features", done=0, total=len(pooled.labels))
@@ -362,7 +363,7 @@ def extract_job(spec: dict, report: Callable[..., None]) -> dict:
 
 def extract_views_job(spec: dict, report: Callable[..., None]) -> dict:
     """Child-process entry for the augmented-view cache: ``extract_job``'s spec plus ``views`` (view_settings)."""
-    pooled = data.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
+    pooled = datasets.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
                               spec["subset"], spec["subset_seed"])
     weights = Weights(**spec["weights"])
     total = len(pooled.labels) * int(spec["views"]["views"])

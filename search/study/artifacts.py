@@ -1,6 +1,6 @@
 """Where a study's trial pictures live, and their upload as Optuna artifacts.
 
-The pictures are drawn inside each trial's process (search.pictures); the
+The pictures are drawn inside each trial's process (search.trial.pictures); the
 coordinating process uploads the files with ``optuna.artifacts.upload_artifact``
 to a ``FileSystemArtifactStore``.  The store's place is fixed once per study,
 when it is created, and recorded on the study (user attribute

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search import user_data
 from search.config.choices import DATASETS, EVALUATIONS
+from search.data import user_data
 from search.errors import BadData, DataError, TrialFailed, UsageError, unknown
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

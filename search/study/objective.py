@@ -1,14 +1,14 @@
 """The Optuna objective: suggest -> run the trial (in a fresh process) -> record -> return the objective values.
 
 The objective runs in the coordinating process; the trial itself
-(search.trial) runs in a child process through the context's runner, so each
+(search.trial.child) runs in a child process through the context's runner, so each
 trial's memory and crashes are its own.  Every measure that is not an
 objective is stored as a user attribute of the trial, named with its split
 (``val_*``, ``test_*``).  A trial failed by another process while it ran (a
 stale-heartbeat sweep) keeps its result: it is recorded on the retry that the
-sweep queued (search.trials.record_taken_over).  With ``run.epoch_snapshots``
+sweep queued (search.study.trials.record_taken_over).  With ``run.epoch_snapshots``
 the trial's shorter schedules are recorded as COMPLETE trials of their own,
-and a trial that early stopping ended at a rung is PRUNED (search.snapshots).
+and a trial that early stopping ended at a rung is PRUNED (search.study.snapshots).
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from typing import Any, Callable, Sequence
 
 import optuna
 
-from search import artifacts, epochs, signals, snapshots
-from search.augment import trial_backend
+from search import signals
 from search.config import SEARCHABLE, CategoricalDist, FloatDist, IntDist, StudyConfig
+from search.config.spec import Pictures, TrialParams, TrialSpec
 from search.errors import Interrupted, TrialFailed
 from search.isolate import Event, Outcome, run_isolated
-from search.spec import Pictures, TrialParams, TrialSpec
-from search.trials import Heartbeat, TakenOver, counted, mark_owner, record_taken_over, taken_over
-from search import optuna_compat as compat
+from search.study import artifacts, optuna_compat as compat, snapshots
+from search.study.trials import Heartbeat, TakenOver, counted, mark_owner, record_taken_over, taken_over
+from search.training.augment import trial_backend
+from search.trial import epochs
 
-TRIAL_TARGET = "search.trial:run_trial"
+TRIAL_TARGET = "search.trial.child:run_trial"
 TIMEOUT_FACTOR = 10  # default trial time limit: this many times the slowest COMPLETE trial
 
 # runner(spec, on_event, timeout_s) -> Outcome: how a trial is run (default: a fresh process, run_isolated).
@@ -45,8 +46,8 @@ class Context:
     target: int
     class_names: tuple[str, ...] = ()
     debug: bool = False
-    artifact_dir: Path | None = None   # where trial pictures go (search.artifacts); None: no pictures
-    backend: str = "jax"               # the Keras backend of the trial processes (search.head.resolve_backend)
+    artifact_dir: Path | None = None   # where trial pictures go (search.study.artifacts); None: no pictures
+    backend: str = "jax"               # the Keras backend of the trial processes (search.runtime.resolve_backend)
     weights: str = ""                  # the weights' identity, for picture titles
     cpus: tuple[int, ...] | None = None  # cores each trial process may use (None: all)
     heartbeat_s: float = 10.0
@@ -59,7 +60,7 @@ class Context:
     def run(self, spec: TrialSpec, on_event: Callable[[Event], None], timeout: float | None) -> Outcome:
         if self.runner is not None:
             return self.runner(spec.as_dict(), on_event, timeout)
-        # An online-augmented trial runs on the extraction backend (search.augment.trial_backend).
+        # An online-augmented trial runs on the extraction backend (search.training.augment.trial_backend).
         env = {"KERAS_BACKEND": trial_backend(spec, self.backend)}
         return run_isolated(self.trial_target, spec.as_dict(), on_event, env=env, echo_stderr=self.debug,
                             cpus=self.cpus, timeout=timeout, prestart=True)
@@ -89,7 +90,7 @@ def resolve_params(config: StudyConfig, suggested: dict[str, Any]) -> dict[str, 
 
 
 def trial_spec(ctx: Context, params: dict[str, Any], number: int | None = None) -> TrialSpec:
-    """The job a trial process gets (search.trial.run_trial), from resolved parameters (``resolve_params``)."""
+    """The job a trial process gets (search.trial.child.run_trial), from resolved parameters (``resolve_params``)."""
     c = ctx.config
     pictures = None
     if ctx.artifact_dir is not None:

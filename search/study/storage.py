@@ -157,7 +157,7 @@ def check_sqlite(url: str) -> None:
 def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None,
                  max_retry: int = 2) -> optuna.storages.RDBStorage:
     """A storage for a run: created if missing, with heartbeat and the retry of stale trials."""
-    from search.trials import RetryCallback
+    from search.study.trials import RetryCallback
 
     url = check_url(url)
     check_sqlite(url)

@@ -5,13 +5,13 @@ the mode it used as ``augmentation`` and the number of cached views as ``views``
 
 - ``none``: the plain feature cache.
 - ``views``: an augmented-view feature cache: V augmented copies of every image
-  extracted once through the frozen backbone (search.features.extract_views);
+  extracted once through the frozen backbone (search.features.feature_cache.extract_views);
   each epoch draws one view per training row, seeded by the trial's seed and
   the epoch (``draw_views``), so trials stay on cached features.  Batches are
   gathered from the memory-mapped cache as Keras asks for them (``view_batches``):
   a trial holds a few batches of training rows, never all V views (nor even one).
 - ``online``: the backbone in the loop with augmentation applied per batch,
-  exactly as the paper (search.head.full_model); the trial reads the images
+  exactly as the paper (search.training.head.full_model); the trial reads the images
   itself.  Slow; it exists to validate ``views``.
 
 Only training rows are ever augmented: validation and test rows are the plain
@@ -29,16 +29,18 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from search.config.choices import HANDLINGS
+from search.data import datasets
 from search.errors import DataError, TrialFailed
-from search import backbones, data, features, head
-from search.features import augmenter
+from search.features import backbones, feature_cache
+from search.features.feature_cache import augmenter
 from search.runtime import extraction_backend
+from search.training import head
 
 if TYPE_CHECKING:
     from search.config import StudyConfig
-    from search.features import FeatureStore, Weights
-    from search.head import HeadParams
-    from search.spec import TrialSpec
+    from search.config.spec import TrialSpec
+    from search.features.feature_cache import FeatureStore, Weights
+    from search.training.head import HeadParams
 
 # What a view is made of; part of the view cache's key, so a change here never reuses old views.
 METHOD = "keras3 RandomRotation, RandomTranslation (fill nearest), RandomFlip horizontal; on backbone input; v1"
@@ -92,17 +94,18 @@ def modes_used(config: "StudyConfig") -> set[str]:
 
 def view_key(config: "StudyConfig", weights: "Weights", fingerprint: str, runtime: dict[str, str]) -> str:
     """The view cache's entry: the plain cache's key plus the view settings."""
-    return features.study_key(config, weights, fingerprint, runtime, augmentation=view_settings(config.augmentation))
+    return feature_cache.study_key(config, weights, fingerprint, runtime,
+                                   augmentation=view_settings(config.augmentation))
 
 
 def views_job_spec(config: "StudyConfig", weights: "Weights", data_dir: Path | None) -> dict[str, Any]:
-    """The spec of ``search.features:extract_views_job`` (add ``out_dir``)."""
-    return {**features.job_spec(config, weights, data_dir), "views": view_settings(config.augmentation)}
+    """The spec of ``search.features.feature_cache:extract_views_job`` (add ``out_dir``)."""
+    return {**feature_cache.job_spec(config, weights, data_dir), "views": view_settings(config.augmentation)}
 
 
 def extra_spec(config: "StudyConfig", *, views_key: str | None, weights: "Weights", fingerprint: str,
                data_dir: Path | None) -> dict[str, Any]:
-    """What a trial needs beyond search.objective.trial_spec for the modes ``config`` can use.
+    """What a trial needs beyond search.study.objective.trial_spec for the modes ``config`` can use.
 
     ``views_key``: the view cache entry; ``online``: where the images are (dataset, slice, data
     directory) and what they must be (the study's data fingerprint), and the backbone to put
@@ -138,7 +141,7 @@ def trial_backend(spec: "TrialSpec", default: str) -> str:
 
 @dataclass
 class Augmented:
-    """A trial's augmented training input; it builds no head and trains nothing (search.trial.train does).
+    """A trial's augmented training input; it builds no head and trains nothing (search.trial.child.train does).
 
     ``inputs(hp, seed)`` gives what ``head.fit`` trains on: (batches, labels) or (images, labels);
     ``wrap(head, seed)`` the model it fits (``online``: the backbone in the loop behind the augmentation);
@@ -170,12 +173,12 @@ def _views(spec: "TrialSpec", rows: np.ndarray, plain: "FeatureStore", report: C
     if not spec.views_key:
         raise TrialFailed("augmentation 'views' needs the view cache, which this study did not build")
     labels = plain.labels
-    store = features.FeatureStore(spec.cache_dir, spec.views_key)
+    store = feature_cache.FeatureStore(spec.cache_dir, spec.views_key)
     if store.n != len(labels) or not np.array_equal(store.labels, labels):
         raise TrialFailed(f"view cache {store.entry} does not hold the rows of the feature cache {spec.key}")
     n_views = store.n_views
     y = labels[rows]
-    counts = data.class_counts(y, spec.n_classes)
+    counts = datasets.class_counts(y, spec.n_classes)
     if HANDLINGS[handling].changes == "data":
         # Resampling runs per epoch on that epoch's views (view_batches); its class counts do not vary.
         present = [c for c in counts if c]
@@ -207,7 +210,8 @@ class ViewDraws:
         self._rows, self._y = rows, y
         if self.handling == "oversample":
             # RandomOverSampler only copies rows, so resampling the row numbers resamples the rows.
-            r, self._y = data.resample(rows[:, None].astype(np.float32), y, self.handling, _epoch_seed(self.seed, d, 1))
+            r, self._y = datasets.resample(rows[:, None].astype(np.float32), y, self.handling,
+                                           _epoch_seed(self.seed, d, 1))
             self._rows = r[:, 0].astype(np.int64)
         self._views = draw_views(len(self._rows), self.store.n_views, self.seed, d)
         self._order = np.random.default_rng(_epoch_seed(self.seed, d, 2)).permutation(self.n_epoch)
@@ -220,7 +224,7 @@ class ViewDraws:
             part = slice(start, start + RELEASE_ROWS)
             x[part] = self.store.take(self.rows[part], self._views[part])
             self.store.release()
-        self._x, self._y = data.resample(x, self.y, self.handling, _epoch_seed(self.seed, self.draw, 1))
+        self._x, self._y = datasets.resample(x, self.y, self.handling, _epoch_seed(self.seed, self.draw, 1))
 
     @property
     def num_batches(self) -> int:
@@ -268,7 +272,7 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
     Handlings: "oversample" duplicates row numbers per draw (each copy draws its own view);
     "smote" interpolates features, so each draw's rows are gathered into one array and
     resampled at the draw's first batch (the memory of a plain trial); "class_weight" becomes
-    sample weights; focal loss and label smoothing get one-hot targets (what search.head.fit
+    sample weights; focal loss and label smoothing get one-hot targets (what search.training.head.fit
     does for arrays).
     """
     import keras
@@ -282,7 +286,7 @@ def view_batches(store: "FeatureStore", rows: np.ndarray, y: np.ndarray, n_class
         def num_batches(self) -> int:
             return self.draws.num_batches
 
-        def __len__(self) -> int:  # search.head.fit counts an epoch's steps with len()
+        def __len__(self) -> int:  # search.training.head.fit counts an epoch's steps with len()
             return self.draws.num_batches
 
         def __getitem__(self, i: int):
@@ -306,7 +310,7 @@ def _online(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: 
                           f"images (use 'views', or a loss handling)")
     o = spec.online
     report(stage="loading images")
-    pooled = data.load_pooled(o["dataset"], Path(o["data_dir"]) if o["data_dir"] else None, o["subset"])
+    pooled = datasets.load_pooled(o["dataset"], Path(o["data_dir"]) if o["data_dir"] else None, o["subset"])
     if pooled.fingerprint() != o["fingerprint"]:
         raise DataError(f"the images read from {pooled.source} are not the study's data (fingerprint "
                         f"{pooled.fingerprint()}, the study's {o['fingerprint']}); the online trial stops here")
@@ -327,7 +331,7 @@ def _online(spec: "TrialSpec", rows: np.ndarray, store: "FeatureStore", report: 
         return head.full_model(backbone, model, augmenter(aug["rotation"], aug["shift"], aug["horizontal_flip"],
                                                           seed, weights.input_size))
 
-    return Augmented("online", 0, data.class_counts(y, spec.n_classes), cached.shape[1],
+    return Augmented("online", 0, datasets.class_counts(y, spec.n_classes), cached.shape[1],
                      lambda hp, seed: (images, y), wrap)
 
 

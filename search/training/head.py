@@ -22,6 +22,7 @@ import numpy as np
 from search import runtime
 from search.errors import TrialFailed
 
+
 @dataclass(frozen=True)
 class HeadParams:
     units: int
@@ -31,7 +32,7 @@ class HeadParams:
     learning_rate: float
     batch_size: int
     epochs: int
-    # Imbalance handling inside the loss ("oversample"/"smote" change the data, not the loss: see search.data).
+    # Imbalance handling inside the loss ("oversample"/"smote" change the data, not the loss: see search.data.datasets).
     handling: str = "none"
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
@@ -81,7 +82,7 @@ def _focal(p: HeadParams) -> Any:
 
 
 # The loss of each handling that changes the loss (search.config.choices.HANDLINGS); "class_weight" adds sample
-# weights to cross-entropy.  A handling that changes the data (search.data.RESAMPLERS) trains on cross-entropy.
+# weights to cross-entropy.  A handling that changes the data (search.data.datasets.RESAMPLERS) trains on cross-entropy.
 LOSSES: dict[str, Callable[[HeadParams], Any]] = {"none": _cross_entropy, "class_weight": _cross_entropy,
                                                   "focal": _focal}
 

@@ -5,7 +5,7 @@ Per evaluated split (``validation`` and/or ``test``): the confusion matrix
 recall and per-class ROC curves; and once per trial the learning curves.
 Every title names the split, the number of images and the trial, so a picture
 can never be mistaken for another split's.  The coordinating process only
-uploads the files (search.artifacts).
+uploads the files (search.study.artifacts).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ APPLICATIONS: dict[str, Application] = {
 }
 # Measured: all 70,000 Fashion-MNIST images through ResNet50 at 32 px in 95-116 s on an idle 2-core machine.
 RESNET50_S_PER_IMAGE_32 = 116 / 70_000
-# Below this spread across images (search.backbones.spread) features carry no information: random-weight
+# Below this spread across images (search.features.backbones.spread) features carry no information: random-weight
 # MobileNetV3Small and EfficientNetB0 at 32 px measured 1e-13 and 1e-9, ResNets about 3e-3.
 COLLAPSED_SPREAD = 1e-6
 
@@ -103,7 +103,7 @@ def resolve_weights(weights: str, backbone: str = "resnet50", input_size: int = 
 
 def _fetch_imagenet(path: Path, backbone: str) -> None:
     try:
-        run_isolated("search.backbones:fetch_imagenet_job", {"backbone": backbone},
+        run_isolated("search.features.backbones:fetch_imagenet_job", {"backbone": backbone},
                      env={"KERAS_BACKEND": extraction_backend()})
     except Exception as e:  # any failure (offline, refused, partial) means "not available"
         reason = str(e).split(": ")[-1][:120] or type(e).__name__
@@ -147,7 +147,7 @@ def build_backbone(weights: Weights):
     return model
 
 
-# ---------------------------------------------------------------- augmentation (search.augment: modes)
+# ---------------------------------------------------------------- augmentation (search.training.augment: modes)
 
 def augmenter(rotation: float, shift: float, horizontal_flip: bool, seed: int, size: int = DEFAULT_SIZE):
     """A Keras model applying the paper's augmentation to (N, size, size, 3) images, seeded.

@@ -1,6 +1,6 @@
 """One trial, as it runs inside its own process: cached features -> split -> head -> metrics -> pictures.
 
-``run_trial`` takes a ``TrialSpec`` (search.spec) as JSON, so that it can cross a process boundary,
+``run_trial`` takes a ``TrialSpec`` (search.config.spec) as JSON, so that it can cross a process boundary,
 and reports progress through a callback.  Every quality metric it returns carries
 its split's prefix (``val_*`` on the validation split, ``test_*`` on the
 held-out test split), and ``objective_split`` says which of them the
@@ -18,9 +18,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search import augment, data, epochs, features, head, isolate, metrics
+from search import isolate
 from search.config.choices import HANDLINGS, SPLIT_PREFIX
-from search.spec import TrialParams, TrialSpec
+from search.config.spec import TrialParams, TrialSpec
+from search.data import datasets
+from search.features import feature_cache
+from search.training import augment, head
+from search.trial import epochs, metrics
 
 Report = Callable[..., None]
 
@@ -81,7 +85,7 @@ def run_trial(job: dict[str, Any], report: Report) -> dict[str, Any]:
     snaps = epochs.EpochSnapshots(spec.snapshots)
     model, fit = train(rows, hp, spec, after_epoch(rows, spec.n_classes, snaps, curve), report)
     report(stage="evaluating", spare=True)  # training is over: the next trial's process may start now
-    features.prefetch(spec.cache_dir, spec.key)  # ...and will copy its rows from this file
+    feature_cache.prefetch(spec.cache_dir, spec.key)  # ...and will copy its rows from this file
     splits, measures, times = measure(model, rows.evaluation, spec.n_classes, rows.split.reduced)
     eval_key = f"{SPLIT_PREFIX[rows.evaluation.objective_split]}_accuracy"
     history = {**fit.history, eval_key: curve}
@@ -100,9 +104,9 @@ def load_rows(spec: TrialSpec, hp: head.HeadParams, report: Report) -> Rows:
     p, seed, n_classes = spec.params, spec.seed, spec.n_classes
     handling, mode = p.handling, p.augmentation
     report(stage="loading features")
-    store = features.FeatureStore(spec.cache_dir, spec.key)
+    store = feature_cache.FeatureStore(spec.cache_dir, spec.key)
     split, y = split_rows(spec, store.labels), store.labels
-    # Augmented training rows (views from the view cache, or images through the backbone) are search.augment's.
+    # Augmented training rows (views from the view cache, or images through the backbone) are search.training.augment's.
     augmented = augment.training(spec, split.fit, store, report) if mode != "none" else None
     report(stage="copying rows")
     with ThreadPoolExecutor(1) as pool:
@@ -119,8 +123,8 @@ def load_rows(spec: TrialSpec, hp: head.HeadParams, report: Report) -> Rows:
         model = built.result() if built is not None else None
     if augmented is None and HANDLINGS[handling].changes == "data":
         report(stage=f"resampling ({handling})")
-        x_train, y_train = data.resample(x_train, y_train, handling, seed)
-    fit_counts = augmented.fit_counts if augmented is not None else data.class_counts(y_train, n_classes)
+        x_train, y_train = datasets.resample(x_train, y_train, handling, seed)
+    fit_counts = augmented.fit_counts if augmented is not None else datasets.class_counts(y_train, n_classes)
     return Rows(split, evaluation, fit_counts, x_train, y_train, model, augmented,
                 augmented.views if augmented is not None else 0)
 
@@ -153,7 +157,7 @@ def after_epoch(rows: Rows, n_classes: int, snaps: epochs.EpochSnapshots,
             proba, _ = head.predict(model, ev.x[:k])
             curve.append(float(np.mean(proba.argmax(axis=1) == ev.y[:k])))
             return False
-        # An epoch snapshot (search.snapshots): this epoch's model as an e-epoch trial, from the same prediction.
+        # An epoch snapshot (search.study.snapshots): this epoch's model as an e-epoch trial, from the same prediction.
         splits, measures, times = measure(model, ev, n_classes, rows.split.reduced)
         curve.append(float(np.mean(splits[ev.objective_split]["proba"][:k].argmax(axis=1) == ev.y[:k])))
         return snaps.add(epoch, measures, times)  # True: early stopping ends training at this rung
@@ -203,11 +207,11 @@ def describe(spec: TrialSpec, rows: Rows, fit: head.FitResult, history: dict[str
         reduced_classes=list(split.reduced), handling=p.handling,
         augmentation=p.augmentation, views=rows.views, backbone=p.backbone, input_size=p.input_size,
         train_class_counts=split.train_counts, fit_class_counts=rows.fit_counts,
-        test_class_counts=data.class_counts(rows.evaluation.y_test if split.val is not None else rows.evaluation.y,
+        test_class_counts=datasets.class_counts(rows.evaluation.y_test if split.val is not None else rows.evaluation.y,
                                             n_classes))
     if split.val is not None:
         out.update(val_time_s=times["val_time_s"], n_val=int(len(split.val)),
-                   val_class_counts=data.class_counts(rows.evaluation.y, n_classes))
+                   val_class_counts=datasets.class_counts(rows.evaluation.y, n_classes))
     return out
 
 
@@ -244,16 +248,16 @@ def split_rows(spec: TrialSpec, labels: np.ndarray) -> Split:
     p, seed, n_classes = spec.params, spec.seed, spec.n_classes
     profile = p.profile
     reduce_classes = spec.reduce_classes
-    fit_idx, val_idx, test_idx = data.protocol_split(labels, p.split_ratio, seed, spec.evaluation,
+    fit_idx, val_idx, test_idx = datasets.protocol_split(labels, p.split_ratio, seed, spec.evaluation,
                                                      spec.validation_fraction)
     if p.balance == "imbalanced":
-        fit_idx = data.apply_profile(fit_idx, labels, n_classes, profile, seed, rho=p.rho,
+        fit_idx = datasets.apply_profile(fit_idx, labels, n_classes, profile, seed, rho=p.rho,
                                      paper_classes=reduce_classes, fraction=spec.reduce_fraction)
     eval_idx, curve = curve_first(val_idx if val_idx is not None else test_idx, labels, spec.curve_rows,
                                   seed)
     val_idx, test_idx = (eval_idx, test_idx) if val_idx is not None else (None, eval_idx)
-    return Split(fit_idx, val_idx, test_idx, data.class_counts(labels[fit_idx], n_classes),
-                 data.reduced_classes(profile, n_classes, reduce_classes), curve)
+    return Split(fit_idx, val_idx, test_idx, datasets.class_counts(labels[fit_idx], n_classes),
+                 datasets.reduced_classes(profile, n_classes, reduce_classes), curve)
 
 
 def curve_first(idx: np.ndarray, labels: np.ndarray, rows: int, seed: int) -> tuple[np.ndarray, int]:
@@ -276,7 +280,7 @@ def curve_first(idx: np.ndarray, labels: np.ndarray, rows: int, seed: int) -> tu
 def _draw(spec: TrialSpec, splits: dict[str, dict[str, Any]], history: dict[str, list[float]], eval_key: str,
           curve_label: str, train_counts: list[int]) -> list[str]:
     """The trial's pictures into a fresh directory the coordinator uploads and removes.  Never raises."""
-    from search import pictures
+    from search.trial import pictures
 
     try:
         out = tempfile.mkdtemp(prefix="search-pictures-", dir=spec.pictures.tmp_dir)

@@ -1,4 +1,4 @@
-"""The trial process's side of epoch snapshots and early stopping (search.snapshots has the rules in words):
+"""The trial process's side of epoch snapshots and early stopping (search.study.snapshots has the rules in words):
 which epochs to evaluate, their measures, and the rung decisions of the ranking rule.  Imports no Optuna.
 """
 

@@ -30,9 +30,9 @@ from optuna.trial import FrozenTrial, TrialState
 from search import signals
 from search.config import StudyConfig, differences
 from search.errors import DriftError, SearchError, TooManyFailures, TrialFailed
-from search.storage import check_url, dispose, open_storage
-from search.trials import OWNER_ATTR, attempts, counted, fail_and_retry, n_counted, owner_alive, retry
-from search import optuna_compat as compat
+from search.study import optuna_compat as compat
+from search.study.storage import check_url, dispose, open_storage
+from search.study.trials import OWNER_ATTR, attempts, counted, fail_and_retry, n_counted, owner_alive, retry
 
 IDENTITY_ATTR = "search:identity"
 CONFIG_ATTR = "search:config"
@@ -199,7 +199,7 @@ def queue_grid_points(study: optuna.Study, config: StudyConfig, target: int) -> 
     """
     import itertools
 
-    from search.samplers import grid_space
+    from search.study.samplers import grid_space
 
     space = grid_space(config)
     taken = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)
@@ -312,7 +312,7 @@ def optimize(study: optuna.Study, objective: Callable, target: int, timeout: flo
                                catch=(TrialFailed,), callbacks=[policy, summary, *callbacks])
         except ValueError as e:
             # Another process failed our running trial (a stale-heartbeat sweep) and Optuna refuses to
-            # tell it; the objective already recorded its result on the retry (search.trials).
+            # tell it; the objective already recorded its result on the retry (search.study.trials).
             if not compat.is_cannot_tell(e):
                 raise
         if policy.error is not None:

@@ -1,8 +1,8 @@
 """The trial's contract: what a trial process is given (``TrialSpec``), typed, and the JSON it crosses the process
 boundary as (``as_dict`` / ``from_dict``, a round trip).
 
-Built in one place, ``search.objective.trial_spec``, from a resolved parameter set
-(``search.objective.resolve_params``: every searchable setting has its value, from the suggestion, the arm or
+Built in one place, ``search.study.objective.trial_spec``, from a resolved parameter set
+(``search.study.objective.resolve_params``: every searchable setting has its value, from the suggestion, the arm or
 the config), so nothing that reads a spec restates a default.
 """
 
@@ -72,9 +72,9 @@ class TrialSpec:
     augmentation: dict[str, Any]       # the config's [augmentation] section
     curve_rows: int                    # the learning curve's sample of the evaluation split (0: all of it)
     views_key: str | None = None       # the view cache's entry (augmentation "views")
-    online: dict[str, Any] | None = None      # images and backbone of augmentation "online" (search.augment)
+    online: dict[str, Any] | None = None      # images and backbone of augmentation "online" (search.training.augment)
     pictures: Pictures | None = None          # None: no pictures
-    snapshots: dict[str, Any] | None = None   # epochs to evaluate and earlier rung vectors (search.snapshots.plan)
+    snapshots: dict[str, Any] | None = None  # epochs to evaluate, earlier rung vectors (search.study.snapshots.plan)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready job; optional parts that are not set are left out."""

@@ -1,7 +1,7 @@
 """A user's own labelled images: a folder of class subfolders, or an .npz of arrays.
 
 Both come back as uint8 images of one size, (N, H, W) grayscale or (N, H, W, 3) colour, integer labels
-0..K-1 and the K class names, exactly as the built-in datasets do (search.data wraps them), so they are
+0..K-1 and the K class names, exactly as the built-in datasets do (search.data.datasets wraps them), so they are
 pooled, sliced and split the same way.  Every problem is one line that names the file or folder and what
 is wrong (``BadData``, exit 2); nothing is read twice and nothing is written.
 """

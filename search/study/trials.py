@@ -1,6 +1,6 @@
 """Bookkeeping of trials in the storage: who runs a trial, retries, takeovers, what counts toward the target.
 
-Used by the objective (a trial's own process side) and by search.study (the
+Used by the objective (a trial's own process side) and by search.study.lifecycle (the
 run's lifecycle): a trial records its owner (host, pid, process start time);
 a failed trial is retried as a WAITING copy with the same parameters
 (Optuna's ``RetryHeartbeatStaleTrialCallback``, minus the failed attempt's
@@ -21,7 +21,7 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from search import optuna_compat as compat
+from search.study import optuna_compat as compat
 
 OWNER_ATTR = "search:owner"
 # User attributes a retry keeps: what the trial is, not what an attempt measured.
@@ -87,7 +87,7 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, kind: s
     """Mark a RUNNING trial FAIL with ``reason`` and queue its parameters again; False if it already ended.
 
     The failure is written first and the retry second; a resume finds a FAIL trial
-    whose retry was never queued and queues it (search.study.requeue_unretried).
+    whose retry was never queued and queues it (search.study.lifecycle.requeue_unretried).
     """
     storage = compat.storage_of(study)
     try:

@@ -10,7 +10,7 @@ parent's parameters with ``epochs = e`` (same distributions), quality measured a
 what an e-epoch trial would have measured), the parent's memory and other per-process measures,
 the history cut at e, ``resolved_params`` with ``epochs = e`` (so ``search.confirm`` re-trains an
 e-epoch trial) and ``snapshot_of = <parent number>``.  The parent lists them in ``snapshot_trials``.
-Snapshots do not count toward the study's target (search.trials.counted).
+Snapshots do not count toward the study's target (search.study.trials.counted).
 
 Training is seeded and the shuffling and dropout of epoch k do not depend on how many epochs follow,
 so the snapshot after epoch e and a trial trained for e epochs predict the same (tested).
@@ -36,7 +36,7 @@ when a majority of earlier ones beat it on every quality objective at once, so a
 accuracy for ROC AUC goes on.  ``top_k`` (non-dominated sorting) serves the "keep the top K after
 one epoch" baseline of benchmarks/snapshots.py.
 
-The trial process's side (the ranking rule and ``EpochSnapshots``) is search.epochs, which imports no Optuna.
+The trial process's side (the ranking rule and ``EpochSnapshots``) is search.trial.epochs, which imports no Optuna.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from search import optuna_compat as compat
 from search.config.choices import METRICS
-from search.epochs import STOPPED_AT
+from search.study import optuna_compat as compat
+from search.trial.epochs import STOPPED_AT
 
 SNAPSHOT_OF = "snapshot_of"          # user attribute of a snapshot trial: its parent's number
 SNAPSHOT_TRIALS = "snapshot_trials"  # user attribute of a parent: its snapshots' numbers
