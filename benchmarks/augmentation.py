@@ -35,15 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import search
+from benchmarks.common import extraction_timing, timed_search
 from search.config import SEARCHABLE, StudyConfig, load_config
-from search.config.choices import DATASETS
 from search.data import datasets
-from search.features import backbones, feature_cache
-from search.isolate import run_isolated
-from search.runtime import extraction_backend, runtime_identity
+from search.features import feature_cache
 from search.study.objective import Context, resolve_params, trial_spec
 from search.study.repeats import summarize
-from search.training import augment
 
 BASE_STUDY = "fmnist_balance"   # its balanced arm is the paper's augmented setting (Table 5)
 BASE_ARM = "balanced"
@@ -95,82 +93,34 @@ def arm_config(base: StudyConfig, mode: str, views: int, epochs: int, subset: in
     return StudyConfig.model_validate(d)
 
 
-def _extract(target: str, spec: dict[str, Any], cache_dir: Path, key: str, n_images: int) -> dict[str, Any] | None:
-    """Build a cache entry through the service's extraction job; its timing, or None when it was cached."""
-    timing: dict[str, Any] = {}
-
-    def build(tmp: Path) -> None:
-        events: list[tuple[float, dict]] = []
-        start = time.perf_counter()
-        out = run_isolated(target, {**spec, "out_dir": str(tmp)},
-                           lambda e: events.append((time.perf_counter() - start, e)),
-                           env={"KERAS_BACKEND": extraction_backend()})
-        wall = time.perf_counter() - start
-        done = [(s, e) for s, e in events if e.get("done")]
-        steady = len(done) >= 2
-        if steady:  # from the end of the first chunk (model built, graph traced) to the last
-            (s0, e0), (s1, e1) = done[0], done[-1]
-            rate = (e1["done"] - e0["done"]) / max(s1 - s0, 1e-9)
-        else:  # one chunk: the rate includes building the model
-            rate = n_images / wall
-        timing.update(wall_s=wall, images=done[-1][1]["total"] if done else n_images, images_per_s=rate,
-                      steady=steady, peak_memory_mb=out.peak_memory_mb)
-
-    feature_cache.ensure_cached(cache_dir, key, build)
-    if timing:
-        timing["size_mb"] = (cache_dir / key / "features.npy").stat().st_size / 2**20
-    return timing or None
-
-
 def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     start_load = [round(x, 2) for x in os.getloadavg()]
     base = load_config(BASE_STUDY)
-    weights = backbones.resolve_weights(a.weights)
-    runtime = runtime_identity("jax")
-    pooled = datasets.load_pooled("fashion_mnist", a.data_dir, a.subset)
-    fingerprint = pooled.fingerprint()
-    n = len(pooled.labels)
-    plain_cfg = arm_config(base, "none", 1, a.epochs, a.subset, a.weights)
-    key = feature_cache.cache_key("fashion_mnist", a.subset, plain_cfg.preprocessing.name, plain_cfg.preprocessing.resize,
-                             weights, fingerprint, runtime)
-    log(f"{n} images; plain features")
-    plain_job = {"dataset": "fashion_mnist", "data_dir": str(a.data_dir) if a.data_dir else None,
-                 "subset": a.subset, "subset_seed": 0, "preprocessing": plain_cfg.preprocessing.name,
-                 "resize": plain_cfg.preprocessing.resize, "weights": vars(weights)}
-    extraction = {"plain": _extract("search.features.feature_cache:extract_job", plain_job, cache_dir, key, n)}
-
-    arms: list[tuple[str, StudyConfig, dict[str, Any]]] = [("none", plain_cfg, {})]
-    for v in a.view_counts:
-        cfg = arm_config(base, "views", v, a.epochs, a.subset, a.weights)
-        vkey = augment.view_key(cfg, weights, fingerprint, runtime)
-        log(f"{v} augmented view(s) per image")
-        extraction[f"views V={v}"] = _extract("search.features.feature_cache:extract_views_job",
-                                              augment.views_job_spec(cfg, weights, a.data_dir), cache_dir, vkey, n * v)
-        arms.append((f"views V={v}", cfg, augment.extra_spec(cfg, views_key=vkey, weights=weights,
-                                                              fingerprint=fingerprint, data_dir=a.data_dir)))
+    arms = [("none", arm_config(base, "none", 1, a.epochs, a.subset, a.weights))]
+    arms += [(f"views V={v}", arm_config(base, "views", v, a.epochs, a.subset, a.weights)) for v in a.view_counts]
     if not a.no_online:
-        cfg = arm_config(base, "online", 1, a.epochs, a.subset, a.weights)
-        arms.append(("online", cfg, augment.extra_spec(cfg, views_key=None, weights=weights,
-                                                       fingerprint=fingerprint, data_dir=a.data_dir)))
-
+        arms.append(("online", arm_config(base, "online", 1, a.epochs, a.subset, a.weights)))
+    extraction: dict[str, Any] = {}
     runs: list[dict[str, Any]] = []
     for seed in range(a.seeds):
-        for name, cfg, extra in arms:
-            cfg = cfg.with_seed(seed)
-            ctx = Context(config=cfg, cache_dir=cache_dir, cache_key=key, n_classes=10, target=1,
-                          class_names=DATASETS["fashion_mnist"].class_names, extra_spec=extra)
-            spec = trial_spec(ctx, resolve_params(cfg, {}))
+        for name, cfg in arms:
+            s, events = timed_search(cfg.with_seed(seed), cache_dir, a.data_dir)
+            log(f"seed {seed} {name}: {s.load_data().n_images} images")
+            s.prepare()  # the service's extractions, each once: the plain cache, then this arm's views
+            for x in s.extractions:
+                t = extraction_timing(x, events)
+                t["size_mb"] = (cache_dir / x["entry"] / "features.npy").stat().st_size / 2**20
+                extraction["plain" if x["what"] == "features" else name] = t
             start = time.perf_counter()
-            out = ctx.run(spec, lambda e: None, None)
-            r = out.result
+            r = search.run_trial(s.trial_spec())
             runs.append({"arm": name, "seed": seed, "wall_s": time.perf_counter() - start,
-                         "test_accuracy": r["test_accuracy"], "test_roc_auc": r["test_roc_auc"],
-                         "train_time_s": r["train_time_s"], "peak_memory_mb": out.peak_memory_mb,
-                         "keras_backend": r["keras_backend"], "n_train": r["n_train"], "n_test": r["n_test"]})
+                         **{k: r[k] for k in ("test_accuracy", "test_roc_auc", "train_time_s", "peak_memory_mb",
+                                              "keras_backend", "n_train", "n_test")}})
             log(f"seed {seed} {name}: test accuracy {r['test_accuracy']:.4f}, train {r['train_time_s']:.1f} s "
-                f"({r['keras_backend']}), peak {out.peak_memory_mb:.0f} MB")
-    return {"settings": {"subset": a.subset, "n_images": n, "seeds": a.seeds, "epochs": a.epochs,
-                         "views": a.view_counts, "weights": weights.identity, "base": f"{BASE_STUDY}:{BASE_ARM}"},
+                f"({r['keras_backend']}), peak {r['peak_memory_mb']:.0f} MB")
+    return {"settings": {"subset": a.subset, "n_images": s.load_data().n_images, "seeds": a.seeds,
+                         "epochs": a.epochs, "views": a.view_counts, "weights": s.resolved_weights.identity,
+                         "base": f"{BASE_STUDY}:{BASE_ARM}"},
             "machine": {**_machine(), "load_avg_at_start": start_load}, "extraction": extraction, "runs": runs}
 
 
@@ -275,7 +225,7 @@ def markdown(res: dict[str, Any], command: str) -> str:
             lines.append(f"| {name} | cached before this run: not measured | | | | |")
             continue
         rate = f"{e['images_per_s']:.0f}" + ("" if e["steady"] else " (one chunk: start-up included)")
-        lines.append(f"| {name} | {e['images']:,} | {e['wall_s']:.1f} | {rate} | "
+        lines.append(f"| {name} | {e['n']:,} | {e['wall_s']:.1f} | {rate} | "
                      f"{e['peak_memory_mb']:.0f} | {e['size_mb']:.0f} |")
     return "\n".join(lines)
 

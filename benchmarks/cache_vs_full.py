@@ -90,7 +90,6 @@ def cached_rate(spec: dict[str, Any], report) -> dict[str, Any]:
 
     from benchmarks.common import load_verified
     from search.data import datasets
-    from search.features import feature_cache
     from search.training import head
 
     xf, y = load_verified(spec["cache_dir"], spec["key"])
@@ -145,7 +144,7 @@ def equivalence(spec: dict[str, Any], report) -> dict[str, Any]:
 
     from benchmarks.common import load_verified
     from search.data import datasets
-    from search.features import backbones, feature_cache
+    from search.features import backbones
     from search.training import head
     from search.trial import metrics
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from search.data import datasets
+import search
 from search.errors import MissingExtra, require_modules
-from search.features import backbones, feature_cache
+from search.features import feature_cache
 from search.isolate import run_isolated
 
 N_CLASSES = 10
@@ -169,30 +169,43 @@ class Cached:
     extraction: dict | None  # timings if this call built the entry, else None
 
 
-def ensure_features(cache_dir: Path, subset: int, dataset: str = "fashion_mnist",
-                    data_dir: Path | None = None) -> Cached:
-    """Cached random-weight ResNet50 features of a Fashion-MNIST slice (0: all 70,000), built as the service does."""
-    pooled = datasets.load_pooled(dataset, data_dir, subset)
-    weights = backbones.resolve_weights("random")
-    key = feature_cache.cache_key(dataset, subset, "unit", "bilinear", weights, pooled.fingerprint())
-    timing: dict[str, Any] = {}
+def no_study(folder: Path | str) -> str:
+    """The storage of a ``search.Search`` that only prepares and builds specs: its file is never created."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(folder) / 'no-study.db'}"
 
-    def build(tmp: Path) -> None:
-        spec = {"dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "subset": subset,
-                "subset_seed": 0, "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights),
-                "out_dir": str(tmp)}
-        t = child("search.features.feature_cache:extract_job", spec)
-        progress = [(s, e) for s, e in t.events if e.get("stage") == "extracting features" and e.get("done")]
-        timing.update(wall_s=t.wall_s, peak_memory_mb=t.peak_memory_mb, n=len(pooled.labels))
-        if len(progress) >= 2:
-            # Steady state: from the end of the first chunk (model built, graph traced) to the last.
-            (s0, e0), (s1, e1) = progress[0], progress[-1]
-            timing.update(steady_images=e1["done"] - e0["done"], steady_s=s1 - s0)
-        else:
-            timing.update(steady_images=len(pooled.labels), steady_s=t.wall_s)
 
-    feature_cache.ensure_cached(Path(cache_dir), key, build)
-    return Cached(str(cache_dir), key, len(pooled.labels), timing or None)
+def extraction_timing(x: dict[str, Any], events: list[tuple[float, dict]]) -> dict[str, Any]:
+    """One of ``search.Search.extractions`` with its steady rate, from the progress ``events`` stamped with
+    seconds: from the end of the first chunk (model built, graph traced) to the last; with one chunk, the
+    whole extraction, start-up included (``steady`` False)."""
+    stage = "extracting features" if x["what"] == "features" else "extracting augmented views"
+    done = [(t, e) for t, e in events if e.get("stage") == stage and e.get("done")]
+    timing = {"wall_s": x["wall_s"], "peak_memory_mb": x["peak_memory_mb"], "n": x["images"],
+              "steady": len(done) >= 2, "steady_images": x["images"], "steady_s": x["wall_s"]}
+    if timing["steady"]:
+        (s0, e0), (s1, e1) = done[0], done[-1]
+        timing.update(steady_images=e1["done"] - e0["done"], steady_s=s1 - s0)
+    timing["images_per_s"] = timing["steady_images"] / max(timing["steady_s"], 1e-9)
+    return timing
+
+
+def timed_search(config: Any, cache_dir: Path | str, data_dir: Path | None = None) -> tuple[Any, list]:
+    """A ``search.Search`` of ``config`` that stores nothing, and the list its progress events go to, stamped."""
+    events: list[tuple[float, dict]] = []
+    start = time.perf_counter()
+    s = search.Search(config, storage=no_study(cache_dir), cache_dir=Path(cache_dir), data_dir=data_dir,
+                      on_event=lambda e: events.append((time.perf_counter() - start, e)))
+    return s, events
+
+
+def ensure_features(cache_dir: Path, subset: int, data_dir: Path | None = None) -> Cached:
+    """fmnist_reg's own feature cache (random weights) on a stratified Fashion-MNIST slice (0: all 70,000 images),
+    extracted by the service (``search.Search.prepare``) unless it is there already; with the extraction's timing."""
+    s, events = timed_search(search.load_config("fmnist_reg", weights="random", subset=subset), cache_dir, data_dir)
+    s.prepare()
+    timing = extraction_timing(s.extractions[0], events) if s.extractions else None
+    return Cached(str(cache_dir), s.cache_key, s.load_data().n_images, timing)
 
 
 def load_verified(cache_dir: Path | str, key: str) -> tuple[np.ndarray, np.ndarray]:

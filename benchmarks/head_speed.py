@@ -9,7 +9,6 @@ import numpy as np
 
 from benchmarks.common import N_CLASSES, N_FEATURES, head_train_flops, load_verified
 from search.data import datasets
-from search.features import feature_cache
 from search.training import head
 from search.trial import metrics
 

@@ -17,13 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from search import config as cfg
-from search.config.choices import DATASETS
-from search.data import datasets
-from search.features import backbones, feature_cache
-from search.isolate import run_isolated
-from search.runtime import extraction_backend, runtime_identity
-from search.study import objective as obj
+import search
+from benchmarks.common import no_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,32 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="jax")
     a = p.parse_args(argv)
 
-    config = cfg.load_config("fmnist_reg").with_weights("random")
     cache_dir = a.cache_dir or Path(tempfile.mkdtemp(prefix="memspread-"))
-    pooled = datasets.load_pooled("fashion_mnist", None, a.subset)
-    weights = backbones.resolve_weights("random")
-    runtime = runtime_identity(a.backend)
-    key = feature_cache.cache_key("fashion_mnist", a.subset, "unit", "bilinear", weights, pooled.fingerprint(), runtime)
-
-    def build(tmp: Path) -> None:
-        run_isolated("search.features.feature_cache:extract_job", {
-            "dataset": "fashion_mnist", "data_dir": None, "subset": a.subset, "subset_seed": 0,
-            "preprocessing": "unit", "resize": "bilinear", "weights": vars(weights), "out_dir": str(tmp)},
-            env={"KERAS_BACKEND": extraction_backend()})
-
-    feature_cache.ensure_cached(cache_dir, key, build)
-    ctx = obj.Context(config=config, cache_dir=cache_dir, cache_key=key, n_classes=10, target=0,
-                      class_names=DATASETS["fashion_mnist"].class_names)
-    params = obj.resolve_params(config, {"split_ratio": 0.8, "epochs": a.epochs, "l1": 0.0, "l2": 1e-4,
-                                         "dropout": 0.5})
+    s = search.Search(search.load_config("fmnist_reg", weights="random", subset=a.subset), cache_dir=cache_dir,
+                      storage=no_study(cache_dir), backend=a.backend)
+    spec = s.trial_spec({"split_ratio": 0.8, "epochs": a.epochs, "l1": 0.0, "l2": 1e-4, "dropout": 0.5})
     peaks, trial_mem = [], []
     for i in range(a.repeats):
-        out = run_isolated(obj.TRIAL_TARGET, obj.trial_spec(ctx, params).as_dict(), env={"KERAS_BACKEND": a.backend})
-        peaks.append(out.peak_memory_mb)
-        trial_mem.append(out.trial_memory_mb)
-        print(f"repeat {i + 1}: peak_memory_mb {out.peak_memory_mb:.1f}, trial_memory_mb {out.trial_memory_mb:.1f}, "
-              f"baseline {out.baseline_memory_mb:.1f}; load {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    print(f"| measure | mean (MB) | std (MB) | range (MB) | repeats |\n|---|---|---|---|---|")
+        m = search.run_trial(spec, backend=a.backend)
+        peaks.append(m["peak_memory_mb"])
+        trial_mem.append(m["trial_memory_mb"])
+        print(f"repeat {i + 1}: peak_memory_mb {m['peak_memory_mb']:.1f}, trial_memory_mb {m['trial_memory_mb']:.1f}"
+              f"; load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print("| measure | mean (MB) | std (MB) | range (MB) | repeats |\n|---|---|---|---|---|")
     for name, vals in (("peak_memory_mb", peaks), ("trial_memory_mb", trial_mem)):
         print(f"| {name} | {statistics.fmean(vals):.1f} | {statistics.stdev(vals):.1f} | "
               f"{min(vals):.1f}-{max(vals):.1f} | {len(vals)} |")
@@ -70,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

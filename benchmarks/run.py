@@ -141,7 +141,8 @@ def run(plan_name: str, workdir: Path, full_cache_dir: Path) -> dict[str, Any]:
     tcached = ensure_features(cache, plan["trial_subset"])
     trials = []
     for backend in plan["trial_backends"]:
-        r = trial.run(trial.fmnist_reg_spec(tcached.cache_dir, tcached.key, plan["trial_epochs"]), backend)
+        r = trial.run(trial.fmnist_reg_spec(tcached.cache_dir, plan["trial_subset"], plan["trial_epochs"]),
+                      backend)
         trials.append({"storage": "float32", **r})
         log(f"  {backend}: {r['wall_s']:.1f} s, {r['steady_epoch_s']:.1f} s/epoch, peak {r['peak_memory_mb']:.0f} MB, "
             f"{r['breakdown']['outside_fit_s']:.1f} s outside fit [load {load_text(r['load_avg_after'])}]")
@@ -151,7 +152,8 @@ def run(plan_name: str, workdir: Path, full_cache_dir: Path) -> dict[str, Any]:
         shutil.rmtree(c16, ignore_errors=True)
         res["float16_storage"] = trial.float16_copy(tcached.cache_dir, tcached.key, c16)
         for backend in plan["float16_backends"]:
-            r = trial.run(trial.fmnist_reg_spec(str(c16), tcached.key, plan["trial_epochs"]), backend)
+            spec = trial.fmnist_reg_spec(tcached.cache_dir, plan["trial_subset"], plan["trial_epochs"], read_from=c16)
+            r = trial.run(spec, backend)
             trials.append({"storage": "float16", **r})
             log(f"  {backend} float16: {r['wall_s']:.1f} s, peak {r['peak_memory_mb']:.0f} MB")
     res["trials"] = trials

@@ -16,26 +16,24 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import child, load_text, load_verified, load_warning, loadavg
-from search.config.choices import DATASETS
+import search
+from benchmarks.common import child, load_text, load_verified, load_warning, loadavg, no_study
 from search.data import datasets
 from search.features import feature_cache
 
 
-def fmnist_reg_spec(cache_dir: str, key: str, epochs: int, split_ratio: float = 0.8, batch_size: int = 32,
-                    seed: int = 0) -> dict[str, Any]:
-    """The spec the service sends for one fmnist_reg trial (search.study.objective.trial_spec, random weights), with
-    this trial's choices: ``epochs``, ``split_ratio``, dropout 0.5, L2 1e-4, no L1; the config's fixed rest."""
-    from search import config as cfg
-    from search.study import objective as obj
-
-    config = cfg.load_config("fmnist_reg").with_weights("random").with_seed(seed)
+def fmnist_reg_spec(cache_dir: str | Path, subset: int, epochs: int, split_ratio: float = 0.8,
+                    batch_size: int = 32, seed: int = 0, read_from: str | Path | None = None) -> dict[str, Any]:
+    """The job the service runs for one fmnist_reg trial (``search.Search.trial_spec``, random weights, on a
+    ``subset`` slice whose features are in ``cache_dir``), with this trial's choices: ``epochs``, ``split_ratio``,
+    dropout 0.5, L2 1e-4, no L1; the config's fixed rest.  ``read_from``: another copy of that cache entry."""
+    config = search.load_config("fmnist_reg", weights="random", seed=seed, subset=subset)
     # artifact_dir set: the trial draws its pictures, as in a run (the benchmark only times them).
-    ctx = obj.Context(config=config, cache_dir=Path(cache_dir), cache_key=key, n_classes=10, target=1,
-                      class_names=DATASETS["fashion_mnist"].class_names, artifact_dir=Path(cache_dir))
+    s = search.Search(config, storage=no_study(cache_dir), cache_dir=Path(cache_dir), artifact_dir=Path(cache_dir))
     chosen = {"split_ratio": split_ratio, "epochs": epochs, "dropout": 0.5, "l1": 0.0, "l2": 1e-4,
               "batch_size": batch_size}
-    return obj.trial_spec(ctx, obj.resolve_params(config, chosen)).as_dict()
+    spec = s.trial_spec(chosen)
+    return (spec.replace(cache_dir=str(read_from)) if read_from else spec).as_dict()
 
 
 def metric(result: dict[str, Any], name: str) -> float | None:
@@ -218,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     cached = ensure_features(a.cache_dir, a.subset)
     runs = []
     for backend in a.backends:
-        r = run(fmnist_reg_spec(cached.cache_dir, cached.key, a.epochs, a.split), backend)
+        r = run(fmnist_reg_spec(cached.cache_dir, a.subset, a.epochs, a.split), backend)
         runs.append(r)
         print(f"\n{backend}: {r['n_train']:,} training rows, {r['epochs']} epochs, peak {r['peak_memory_mb']:.0f} MB, "
               f"accuracy {r['accuracy']:.4f}; load average {load_text(r['load_avg_before'])} before, "

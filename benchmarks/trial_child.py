@@ -57,7 +57,6 @@ def timed_trial(spec: dict, report) -> dict:
     # window for loading, splitting and copying the rows, and this separates the copy from the rest.
     from benchmarks.common import load_verified
     from search.data import datasets
-    from search.features import feature_cache
 
     t = time.time()
     _, y = load_verified(trial_spec["cache_dir"], trial_spec["key"])

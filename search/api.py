@@ -48,9 +48,10 @@ Event = dict[str, Any]
 
 def load_config(study: str | Path, *, weights: str | None = None, seed: int | None = None,
                 n_trials: int | None = None, timeout: float | None = None,
-                trial_timeout: float | None = None) -> StudyConfig:
-    """The config ``study`` (a name in study_configs/ or a .toml path), validated, with any overrides."""
-    config = _load_config(str(study))
+                trial_timeout: float | None = None, subset: int | None = None) -> StudyConfig:
+    """The config ``study`` (a name in study_configs/ or a .toml path), validated, with any overrides;
+    ``subset``: a stratified slice of that many images (0: all), validated as the file's ``dataset.subset``."""
+    config = _load_config(str(study), subset=subset)
     if weights:
         config = config.with_weights(weights)
     if seed is not None:
@@ -186,6 +187,12 @@ class Search:
         return self._state["study"]
 
     @property
+    def extractions(self) -> list[dict[str, Any]]:
+        """The extractions ``prepare`` ran (a complete cache is only read): entry, what, images, wall_s,
+        peak_memory_mb of each."""
+        return list(self._state.get("extractions", []))
+
+    @property
     def study(self) -> optuna.Study:
         """The plain ``optuna.Study`` (created or resumed on first use)."""
         return self.open_study()
@@ -198,7 +205,7 @@ class Search:
         return objective.Context(config=self.config, cache_dir=self.cache_dir, cache_key=self.cache_key,
                                  cache_keys=self.cache_keys,
                                  n_classes=len(d.class_names), class_names=d.class_names, target=self.target,
-                                 debug=self.debug, artifact_dir=self._state.get("artifact_dir"),
+                                 debug=self.debug, artifact_dir=self._state.get("artifact_dir", self.artifact_dir),
                                  backend=self.backend, weights=self.resolved_weights.identity, cpus=cpus,
                                  heartbeat_s=self.heartbeat, trial_target=self.trial_target or objective.TRIAL_TARGET,
                                  extra_spec=extra)
@@ -267,8 +274,12 @@ class Search:
             start = time.perf_counter()
             outcome = isolate.run_isolated(target, {**spec, "out_dir": str(tmp)}, self.on_event,
                                            echo_stderr=self.debug, env={"KERAS_BACKEND": extraction_backend()})
+            wall_s = time.perf_counter() - start
+            self._state.setdefault("extractions", []).append(
+                {"entry": entry, "what": what, "images": images, "wall_s": wall_s,
+                 "peak_memory_mb": outcome.peak_memory_mb})
             self.on_message(f"{what} cached in {self.cache_dir / entry} (extraction "
-                            f"{time.perf_counter() - start:.1f} s, peak memory {outcome.peak_memory_mb:.0f} MB)")
+                            f"{wall_s:.1f} s, peak memory {outcome.peak_memory_mb:.0f} MB)")
             measured = outcome.result.get("spread")
             if measured is not None and measured < backbones.COLLAPSED_SPREAD:
                 self.on_message(f"warning: the features of {w.backbone} ({w.identity}) at {w.input_size} px carry no "

@@ -245,6 +245,35 @@ n_trials = {n_trials}
 """
 
 
+# ---------------------------------------------------------------- a full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs (root only); under CI=true a machine that cannot mount one fails the test."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        why = f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(disk: Path) -> None:
+    """Write to ``disk`` until it is full."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+
 # ---------------------------------------------------------------- one feature cache per session
 
 @contextlib.contextmanager

@@ -43,6 +43,9 @@ def test_load_config_applies_overrides_and_names_the_file_on_bad_input(tmp_path)
     bad.write_text((ROOT / "study_configs" / "smoke.toml").read_text().replace("n_trials = 3", "n_trials = '3'"))
     with pytest.raises(search.ConfigError, match=r"bad\.toml.*run\.n_trials"):
         search.load_config(bad)
+    assert search.load_config("fmnist_reg", subset=2000).dataset.subset == 2000
+    with pytest.raises(search.ConfigError, match=r"fmnist_reg\.toml.*dataset\.subset"):
+        search.load_config("fmnist_reg", subset=30)  # too few images for a stratified split of 10 classes
 
 
 def test_a_bad_storage_url_is_refused_before_anything_is_made(tmp_path):
@@ -61,6 +64,7 @@ def test_optimize_runs_the_study_to_its_target_and_the_same_call_resumes_it(tiny
         s = _search(tiny)
         summary = s.optimize()
         assert (summary.complete_after, summary.ran) == (2, 2)
+        assert s.extractions == []  # the features were cached: read, never extracted again
         assert isinstance(s.study, optuna.Study) and s.study.study_name == "tiny"
         assert s.study.metric_names == ["test_accuracy", "test_roc_auc", "train_time_s", "peak_memory_mb"]
         t = s.study.trials[0]

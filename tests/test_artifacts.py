@@ -1,4 +1,5 @@
-"""search.study.artifacts: a study's pictures live in one place fixed at creation; uploading them never fails a trial and
+"""search.study.artifacts: a study's pictures live in one place fixed at creation; uploading them never fails a
+trial and
 never leaves an artifact that points at nothing; readers find every study's directory."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.errors import UsageError
 from search.study import artifacts, optuna_compat as compat
-from tests.conftest import trial_artifacts
+from tests.conftest import fill_disk, trial_artifacts
 
 from .stand_ins import PNG
 
@@ -90,6 +91,27 @@ def test_a_picture_that_cannot_be_stored_never_fails_the_trial_nor_points_at_not
     assert "is not a writable directory" in t.user_attrs["artifact_error"]
     assert trial_artifacts(t, compat.storage_of(s)) == []
     assert not Path(files[0]).parent.exists()  # the drawing directory is cleaned up anyway
+
+
+def test_a_full_artifact_disk_leaves_no_half_picture_and_the_next_upload_is_whole(study, tmp_path, small_disk):
+    url, s = study  # the database has space: only the pictures' directory is full
+    where = artifacts.prepare(s, url, small_disk / "pictures")
+    fill_disk(small_disk)
+    full = s.ask()
+    assert artifacts.upload_pictures(full, _pictures(tmp_path), where) == []
+    s.tell(full, 1.0)
+    (t,) = s.get_trials()
+    assert t.state == optuna.trial.TrialState.COMPLETE and "No space left on device" in t.user_attrs["artifact_error"]
+    assert trial_artifacts(t, compat.storage_of(s)) == []
+    assert list(where.iterdir()) == []  # neither a part-written picture nor its temporary file
+    (small_disk / "filler").unlink()
+    later = s.ask()
+    (tmp_path / "later").mkdir()
+    (first, _) = artifacts.upload_pictures(later, _pictures(tmp_path / "later"), where)
+    with optuna.artifacts.FileSystemArtifactStore(str(where)).open_reader(first) as f:  # the dashboard's reader
+        assert f.read() == PNG
+    assert sorted(p.name for p in where.iterdir()) == sorted(m["artifact_id"] for m in
+                                                            trial_artifacts(s.get_trials()[1], compat.storage_of(s)))
 
 
 def test_studies_with_pictures_in_different_directories_are_all_found(tmp_path):

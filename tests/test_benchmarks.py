@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks import cache_vs_full, optuna_overhead, study, trial as btrial
-from benchmarks.common import child, gemm_gflops, head_train_flops, load_warning, matmul_gflops
+from benchmarks.common import child, ensure_features, gemm_gflops, head_train_flops, load_warning, matmul_gflops
 from benchmarks.report import markdown, targets
 from tests.conftest import ROOT, cli_env, needs_real_fashion
 
@@ -302,6 +302,20 @@ def test_study_benchmark_smoke_end_to_end(tmp_path):
     md = results.read_text()
     assert "<!-- run: python -m benchmarks.study --study smoke --n-trials 2 -->" in md
     assert "| trials COMPLETE (FAIL) | 2 (0) |" in md and not any(p in md for p in MACHINE_PATHS)
+
+
+@pytest.mark.slow
+@needs_real_fashion
+def test_benchmark_features_and_trial_are_the_services_own(tmp_path):
+    """benchmarks.common.ensure_features extracts through search.Search (fmnist_reg's own cache entry), times it
+    once, and benchmarks.trial's job is that study's trial on it."""
+    first = ensure_features(tmp_path, 200)
+    assert first.n == 200 and first.extraction["n"] == 200 and first.extraction["wall_s"] > 0
+    again = ensure_features(tmp_path, 200)
+    assert (again.key, again.extraction) == (first.key, None)  # cached: read, not extracted or timed again
+    spec = btrial.fmnist_reg_spec(tmp_path, 200, epochs=2)
+    assert (spec["key"], spec["params"]["epochs"], spec["params"]["dropout"]) == (first.key, 2, 0.5)
+    assert not (tmp_path / "no-study.db").exists()
 
 
 def _stored_study(path, trials):

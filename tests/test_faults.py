@@ -25,7 +25,8 @@ from optuna.trial import TrialState
 from search import run
 from search.study import storage as sto
 
-from .conftest import ROOT, STAND_IN_CLI, TINY_CONFIG, Tiny, cli_env, lines, run_cli, stop, wait_for
+from .conftest import (ROOT, STAND_IN_CLI, TINY_CONFIG, Tiny, cli_env, copy_shared_cache, fill_disk, lines, run_cli,
+                       stop, wait_for)
 from .test_config import BAD, HUGE, SMOKE
 from .test_workers import running_trials
 
@@ -342,33 +343,6 @@ def test_a_damaged_database_is_one_line_from_every_command_and_nothing_is_writte
 
 # ---------------------------------------------------------------- a full disk
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MB tmpfs (root only); under CI=true a machine that cannot mount one fails the test."""
-    import os
-
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        why = f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(disk) -> None:
-    with open(disk / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-
-
 def _full_disk_error(r) -> None:
     assert r.returncode == 1, r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -387,13 +361,13 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_fre
         return a
 
     assert tiny.stand_in(*args(2)).returncode == 0
-    _fill(small_disk)  # full before the command starts
+    fill_disk(small_disk)  # full before the command starts
     _full_disk_error(tiny.stand_in(*args(4)))
     (small_disk / "filler").unlink()
     proc = tiny.stand_in_popen(*args(4), seconds=3)
     try:  # full while a trial trains: its result cannot be written
         wait_for(lambda: running_trials(storage, "tiny"), 120, "a running trial", proc)
-        _fill(small_disk)
+        fill_disk(small_disk)
         out, err = proc.communicate(timeout=300)
     finally:
         stop(proc)
@@ -415,12 +389,32 @@ def test_a_full_disk_under_the_report_folder_is_one_line_and_the_earlier_report_
     args = [sys.executable, "-m", "search.report", "--study", "search", "--storage", storage, "--out", str(out)]
     assert subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300).returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    _fill(small_disk)
+    fill_disk(small_disk)
     r = subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert lines(r.stderr) == [f"error: --out: cannot write the report to {out}: No space left on device"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier report, whole
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "report"]  # no half-written folder left
+
+
+@pytest.mark.slow  # a real view extraction (random weights, 250 images x 2 views)
+def test_a_full_disk_under_the_view_cache_is_one_line_and_leaves_no_partial_entry(tmp_path, small_disk):
+    tiny = Tiny(tmp_path, cache=False)
+    tiny.cache_dir = small_disk / "cache"
+    plain = copy_shared_cache(tiny.cache_dir)  # only the view cache is left to write
+    config = tiny.config(n_trials=1, **{"[training]": '[augmentation]\nmode = "views"\nviews = 2\n\n[training]'})
+    fill_disk(small_disk)
+    r = tiny.run(*tiny.args(config))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    error = lines(r.stderr)[-1]
+    assert error == (f"error: cannot write feature cache in {tiny.cache_dir}: no space left on device; free space "
+                     "and re-run the same command"), error
+    assert sorted(p.name for p in tiny.cache_dir.iterdir() if not p.name.endswith(".lock")) == [plain.name]
+    (small_disk / "filler").unlink()
+    r = tiny.run(*tiny.args(config))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (t,) = optuna.load_study(study_name="tiny", storage=tiny.storage).trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["augmentation"] == "views"
 
 
 # ---------------------------------------------------------------- randomized kills (benchmarks.kill_test)

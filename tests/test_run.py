@@ -20,7 +20,7 @@ from search import run
 from search.study import optuna_compat as compat
 from search.study.lifecycle import IDENTITY_ATTR
 
-from .conftest import (ROOT, as_user_without_overrides, cli_env, lines, needs_real_fashion, run_cli, stop, wait_for,
+from .conftest import (ROOT, as_user_without_overrides, lines, needs_real_fashion, run_cli, stop, wait_for,
                        write_fashion_dir)
 from .stand_ins import measures
 

@@ -30,7 +30,7 @@ def available_studies(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (directory or configs_dir()).glob("*.toml"))
 
 
-def load_config(study: str, directory: Path | None = None) -> StudyConfig:
+def load_config(study: str, directory: Path | None = None, subset: int | None = None) -> StudyConfig:
     """Load ``study`` (a name in the configs directory or a path to a .toml file) into a StudyConfig.
 
     Raises UsageError for an unknown study or missing file, ConfigError (naming the
@@ -53,6 +53,8 @@ def load_config(study: str, directory: Path | None = None) -> StudyConfig:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     if "name" in raw:
         raise ConfigError(f"{path}: name: unknown key (the study name is the file name)")
+    if subset is not None:  # validated with the file, so that a slice too small for its splits is refused here
+        raw["dataset"] = {**raw.get("dataset", {}), "subset": subset}
     try:
         return StudyConfig.model_validate({"name": path.stem, **raw})
     except ValidationError as e:

@@ -280,10 +280,26 @@ def ensure_cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> N
                     os.fsync(fh.fileno())
             os.replace(tmp, entry)
         except OSError as e:
-            what = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise CacheError(f"cannot write feature cache in {cache_dir}: {what}") from None
+            raise _write_error(cache_dir, e) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_error(cache_dir: Path, e: OSError) -> CacheError:
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "no space left on device; free space and re-run the same command" if full else (e.strerror or str(e))
+    return CacheError(f"cannot write feature cache in {cache_dir}: {what}")
+
+
+@contextlib.contextmanager
+def _full_disk_named(out_dir: Path) -> Iterator[None]:
+    """In the extraction process: a full disk is the cache's one line, naming the cache's directory."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _write_error(out_dir.parent, e) from None
 
 
 def open_features(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -352,23 +368,25 @@ def extract_views(images: np.ndarray, labels: np.ndarray, preprocessing: str, re
 def extract_job(spec: dict, report: Callable[..., None]) -> dict:
     """Child-process entry (see isolate.py): read the dataset, extract, write to ``spec['out_dir']``."""
     pooled = datasets.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
-                              spec["subset"], spec["subset_seed"])
+                                  spec["subset"], spec["subset_seed"])
     weights = Weights(**spec["weights"])
     report(stage="extracting features", done=0, total=len(pooled.labels))
-    measured = extract(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights,
-                       Path(spec["out_dir"]),
-                       on_progress=lambda done, total: report(stage="extracting features", done=done, total=total))
+    with _full_disk_named(Path(spec["out_dir"])):
+        measured = extract(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights,
+                           Path(spec["out_dir"]),
+                           on_progress=lambda done, total: report(stage="extracting features", done=done, total=total))
     return {"n": len(pooled.labels), "spread": measured}
 
 
 def extract_views_job(spec: dict, report: Callable[..., None]) -> dict:
     """Child-process entry for the augmented-view cache: ``extract_job``'s spec plus ``views`` (view_settings)."""
     pooled = datasets.load_pooled(spec["dataset"], Path(spec["data_dir"]) if spec["data_dir"] else None,
-                              spec["subset"], spec["subset_seed"])
+                                  spec["subset"], spec["subset_seed"])
     weights = Weights(**spec["weights"])
     total = len(pooled.labels) * int(spec["views"]["views"])
     report(stage="extracting augmented views", done=0, total=total)
-    extract_views(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights, spec["views"],
-                  Path(spec["out_dir"]),
-                  on_progress=lambda done, total: report(stage="extracting augmented views", done=done, total=total))
+    with _full_disk_named(Path(spec["out_dir"])):
+        extract_views(pooled.images, pooled.labels, spec["preprocessing"], spec["resize"], weights, spec["views"],
+                      Path(spec["out_dir"]), on_progress=lambda done, total: report(
+                          stage="extracting augmented views", done=done, total=total))
     return {"n": len(pooled.labels), "views": int(spec["views"]["views"])}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from search.errors import UsageError
 
@@ -67,10 +67,35 @@ def prepare(study: "optuna.Study", storage_url: str, requested: Path | None) -> 
     return path
 
 
-def store(path: Path | str):
-    import optuna
+def store(path: Path | str) -> "WholeFileStore":
+    return WholeFileStore(path)
 
-    return optuna.artifacts.FileSystemArtifactStore(str(path))
+
+class WholeFileStore:
+    """Optuna's FileSystemArtifactStore (its layout, its reads), writing each artifact whole: the bytes go to a
+    hidden temporary file that is renamed into place, so that a full disk leaves no half-written picture."""
+
+    def __init__(self, path: Path | str):
+        import optuna
+
+        self.path = Path(path)
+        self._store = optuna.artifacts.FileSystemArtifactStore(str(path))
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self._store.open_reader(artifact_id)
+
+    def remove(self, artifact_id: str) -> None:
+        self._store.remove(artifact_id)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        tmp = self.path / f".{artifact_id}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+            os.replace(tmp, self.path / artifact_id)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def upload_pictures(trial: "optuna.Trial", pictures: list[str], artifact_dir: Path | None) -> list[str]:

@@ -183,64 +183,18 @@ def measures(outcome: Outcome) -> dict[str, Any]:
 
 
 def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[[optuna.Trial], Sequence[float]]:
-    grid = ctx.config.sampler.name == "grid"
+    """The Optuna objective: own the trial -> suggest and run it in its process -> check -> record."""
 
     def objective(trial: optuna.Trial) -> Sequence[float]:
-        if _slot_taken(trial, ctx.target):
-            trial.study.stop()
-            skip(trial, "target reached by another process")
-        mark_owner(trial)
-        trial.set_user_attr("sampler_seed", getattr(trial.study.sampler, "seed", ctx.config.sampler.seed))
-        try:
-            with signals.interruptible():  # owner recorded: from here a signal may stop the trial
-                suggested = suggest(trial, ctx.config)
-                if grid and (other := duplicate_of(trial, suggested)) is not None:
-                    # Optuna's GridSampler re-samples a done point once the grid looks exhausted.
-                    skip(trial, f"grid point already done by trial {other}")
-                if (other := retried_by(trial)) is not None:
-                    # Processes recovering one lost trial at once may each queue a retry of it.
-                    skip(trial, f"this retry already runs or ran as trial {other}")
-                params = resolve_params(ctx.config, suggested)
-                trial.set_user_attr("resolved_params", params)
-                on_event({"event": "trial", "number": trial.number, "params": params})
-                # The epochs to evaluate, and the earlier rung vectors early stopping needs (None: snapshots off).
-                spec = trial_spec(ctx, params, trial.number).replace(
-                    snapshots=snapshots.plan(ctx.config, params, trial.study))
-                with Heartbeat(trial.storage, compat.trial_id(trial), ctx.heartbeat_s):
-                    outcome = ctx.run(spec, on_event, trial_timeout(trial.study, ctx.config))
-        except TrialFailed as e:
-            _record_failure(trial, str(e), e.kind)
-            raise
-        except Interrupted as e:
-            # Optuna fails the trial as the signal unwinds; this marks it for retry (study.fail_own_trials).
-            trial.set_user_attr("interrupted", e.signum)
-            _record_failure(trial, str(e), "interrupted")
-            raise
-        result = measures(outcome)
-        if missing := [m for m in ctx.config.metric_names if result.get(m) is None]:
-            e = TrialFailed(f"objective(s) not measured: {', '.join(missing)}")
-            _record_failure(trial, str(e), e.kind)
-            raise e
+        _own(trial, ctx)
+        params, outcome = _suggest_and_run(trial, ctx, on_event)
+        result = _measured(trial, ctx, outcome)
         values = ctx.config.objective_values(result)
         pictures = outcome.result.get("pictures") or []
         stopped = epochs.STOPPED_AT in result
-
-        def record_snapshots(parent: int) -> list[int]:
-            return snapshots.record(trial.study, parent, trial.params, trial.distributions, params, result, ctx.config)
-
         if taken_over(trial):
-            _discard(pictures)
-            if stopped:
-                # Early-stopped: nothing COMPLETE to hand over; the peer's retry trains these parameters again.
-                record_snapshots(trial.number)
-                raise TakenOver(trial.number)
-            budgets = ctx.config.constraints.budgets()
-            run_attrs = {k: v for k, v in result.items() if k not in ("snapshots", "rung_checks")}
-            holder = record_taken_over(trial, values, run_attrs,
-                                       {m: float(result[m]) - b for m, b in budgets.items()})
-            record_snapshots(holder)
-            raise TakenOver(trial.number, holder)
-        numbers = record_snapshots(trial.number)
+            _hand_over(trial, ctx, params, result, values, pictures, stopped)
+        numbers = _record_snapshots(trial, ctx, trial.number, params, result)
         for key, value in result.items():
             if key != "snapshots":  # each is a trial of its own now
                 trial.set_user_attr(key, value)
@@ -254,6 +208,70 @@ def make_objective(ctx: Context, on_event: Callable[[Event], None]) -> Callable[
         return values
 
     return objective
+
+
+def _own(trial: optuna.Trial, ctx: Context) -> None:
+    if _slot_taken(trial, ctx.target):
+        trial.study.stop()
+        skip(trial, "target reached by another process")
+    mark_owner(trial)
+    trial.set_user_attr("sampler_seed", getattr(trial.study.sampler, "seed", ctx.config.sampler.seed))
+
+
+def _suggest_and_run(trial: optuna.Trial, ctx: Context, on_event: Callable[[Event], None]) -> tuple[dict, Outcome]:
+    try:
+        with signals.interruptible():  # owner recorded: from here a signal may stop the trial
+            suggested = suggest(trial, ctx.config)
+            if ctx.config.sampler.name == "grid" and (other := duplicate_of(trial, suggested)) is not None:
+                # Optuna's GridSampler re-samples a done point once the grid looks exhausted.
+                skip(trial, f"grid point already done by trial {other}")
+            if (other := retried_by(trial)) is not None:
+                # Processes recovering one lost trial at once may each queue a retry of it.
+                skip(trial, f"this retry already runs or ran as trial {other}")
+            params = resolve_params(ctx.config, suggested)
+            trial.set_user_attr("resolved_params", params)
+            on_event({"event": "trial", "number": trial.number, "params": params})
+            # The epochs to evaluate, and the earlier rung vectors early stopping needs (None: snapshots off).
+            spec = trial_spec(ctx, params, trial.number).replace(
+                snapshots=snapshots.plan(ctx.config, params, trial.study))
+            with Heartbeat(trial.storage, compat.trial_id(trial), ctx.heartbeat_s):
+                return params, ctx.run(spec, on_event, trial_timeout(trial.study, ctx.config))
+    except TrialFailed as e:
+        _record_failure(trial, str(e), e.kind)
+        raise
+    except Interrupted as e:
+        # Optuna fails the trial as the signal unwinds; this marks it for retry (lifecycle.fail_own_trials).
+        trial.set_user_attr("interrupted", e.signum)
+        _record_failure(trial, str(e), "interrupted")
+        raise
+
+
+def _measured(trial: optuna.Trial, ctx: Context, outcome: Outcome) -> dict[str, Any]:
+    result = measures(outcome)
+    if missing := [m for m in ctx.config.metric_names if result.get(m) is None]:
+        e = TrialFailed(f"objective(s) not measured: {', '.join(missing)}")
+        _record_failure(trial, str(e), e.kind)
+        raise e
+    return result
+
+
+def _record_snapshots(trial: optuna.Trial, ctx: Context, parent: int, params: dict, result: dict) -> list[int]:
+    return snapshots.record(trial.study, parent, trial.params, trial.distributions, params, result, ctx.config)
+
+
+def _hand_over(trial: optuna.Trial, ctx: Context, params: dict, result: dict, values: Sequence[float],
+               pictures: list[str], stopped: bool) -> None:
+    """Another process failed this live trial and queued its retry: the result goes there (always raises)."""
+    _discard(pictures)
+    if stopped:
+        # Early-stopped: nothing COMPLETE to hand over; the peer's retry trains these parameters again.
+        _record_snapshots(trial, ctx, trial.number, params, result)
+        raise TakenOver(trial.number)
+    budgets = ctx.config.constraints.budgets()
+    run_attrs = {k: v for k, v in result.items() if k not in ("snapshots", "rung_checks")}
+    holder = record_taken_over(trial, values, run_attrs, {m: float(result[m]) - b for m, b in budgets.items()})
+    _record_snapshots(trial, ctx, holder, params, result)
+    raise TakenOver(trial.number, holder)
 
 
 def _record_failure(trial: optuna.Trial, reason: str, kind: str) -> None:
