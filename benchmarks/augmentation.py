@@ -111,6 +111,9 @@ def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
                 t = extraction_timing(x, events)
                 t["size_mb"] = (cache_dir / x["entry"] / "features.npy").stat().st_size / 2**20
                 extraction["plain" if x["what"] == "features" else name] = t
+            extraction.setdefault("plain", None)  # None: cached before this run, its extraction not measured
+            if cfg.augmentation.mode == "views":
+                extraction.setdefault(name, None)
             start = time.perf_counter()
             r = search.run_trial(s.trial_spec())
             runs.append({"arm": name, "seed": seed, "wall_s": time.perf_counter() - start,

@@ -426,7 +426,7 @@ def test_benchmark_arms_and_table():
                         "weights": "random(seed=0)"},
            "machine": {"cores": 2, "cpu": "x", "date": "d", "load_avg_at_start": [0.1, 0.2, 0.3],
                        "load_avg_at_end": [1.9, 1.0, 0.5]}, "runs": runs,
-           "extraction": {"plain": None, "views V=1": {"images": 5000, "wall_s": 13.0, "images_per_s": 390.0,
+           "extraction": {"plain": None, "views V=1": {"n": 5000, "wall_s": 13.0, "images_per_s": 390.0,
                                                        "steady": True, "peak_memory_mb": 1000.0, "size_mb": 39.0}}}
     md = bench.markdown(res, "python -m benchmarks.augmentation")
     assert md.startswith("`python -m benchmarks.augmentation`")
