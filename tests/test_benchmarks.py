@@ -130,6 +130,7 @@ def test_optuna_overhead_runs_the_service_objective_with_a_stub_runner(tmp_path)
     assert r["per_trial_at_end_s"] > 0 and r["sampler_at_end_s"] > 0
 
 
+@pytest.mark.slow  # 6 s of real training; the sweep on a cache entry below stays in the fast suite
 def test_head_sweep_on_tiny_synthetic_features():
     spec = {"n_rows": 256, "units": 16, "batch_sizes": [32, 128], "epochs": 2,
             "accuracy": {"batch_size": 64, "epochs": 1}}

@@ -373,7 +373,8 @@ def child_imports_this(monkeypatch):
     return f"{__name__}:recording_trial"
 
 
-@pytest.mark.parametrize("evaluation", ["test", "validation"])
+# The validation split in the slow suite only: the same code path with one more split (11 s).
+@pytest.mark.parametrize("evaluation", ["test", pytest.param("validation", marks=pytest.mark.slow)])
 def test_snapshot_equals_a_shorter_trial(tmp_path, evaluation, child_imports_this, monkeypatch):
     """A trial with epochs = 5 and the e = 5 snapshot of a trial with epochs = 8 (same other parameters)
     predict the same and have the same quality objectives."""
