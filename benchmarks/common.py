@@ -190,12 +190,18 @@ def extraction_timing(x: dict[str, Any], events: list[tuple[float, dict]]) -> di
     return timing
 
 
+def unstored_search(config: Any, cache_dir: Path | str, **kwargs: Any) -> Any:
+    """A ``search.Search`` of ``config`` over the feature cache in ``cache_dir`` that stores nothing: it prepares
+    the caches and builds trial jobs (``kwargs``: Search's other arguments)."""
+    return search.Search(config, storage=no_study(cache_dir), cache_dir=Path(cache_dir), **kwargs)
+
+
 def timed_search(config: Any, cache_dir: Path | str, data_dir: Path | None = None) -> tuple[Any, list]:
-    """A ``search.Search`` of ``config`` that stores nothing, and the list its progress events go to, stamped."""
+    """``unstored_search``, and the list its progress events go to, stamped with seconds."""
     events: list[tuple[float, dict]] = []
     start = time.perf_counter()
-    s = search.Search(config, storage=no_study(cache_dir), cache_dir=Path(cache_dir), data_dir=data_dir,
-                      on_event=lambda e: events.append((time.perf_counter() - start, e)))
+    s = unstored_search(config, cache_dir, data_dir=data_dir,
+                        on_event=lambda e: events.append((time.perf_counter() - start, e)))
     return s, events
 
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import search
-from benchmarks.common import no_study
+from benchmarks.common import unstored_search
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     cache_dir = a.cache_dir or Path(tempfile.mkdtemp(prefix="memspread-"))
-    s = search.Search(search.load_config("fmnist_reg", weights="random", subset=a.subset), cache_dir=cache_dir,
-                      storage=no_study(cache_dir), backend=a.backend)
+    s = unstored_search(search.load_config("fmnist_reg", weights="random", subset=a.subset), cache_dir,
+                        backend=a.backend)
     spec = s.trial_spec({"split_ratio": 0.8, "epochs": a.epochs, "l1": 0.0, "l2": 1e-4, "dropout": 0.5})
     peaks, trial_mem = [], []
     for i in range(a.repeats):

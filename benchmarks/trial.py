@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import search
-from benchmarks.common import child, load_text, load_verified, load_warning, loadavg, no_study
+from benchmarks.common import child, load_text, load_verified, load_warning, loadavg, unstored_search
 from search.data import datasets
 from search.features import feature_cache
 
@@ -29,7 +29,7 @@ def fmnist_reg_spec(cache_dir: str | Path, subset: int, epochs: int, split_ratio
     dropout 0.5, L2 1e-4, no L1; the config's fixed rest.  ``read_from``: another copy of that cache entry."""
     config = search.load_config("fmnist_reg", weights="random", seed=seed, subset=subset)
     # artifact_dir set: the trial draws its pictures, as in a run (the benchmark only times them).
-    s = search.Search(config, storage=no_study(cache_dir), cache_dir=Path(cache_dir), artifact_dir=Path(cache_dir))
+    s = unstored_search(config, cache_dir, artifact_dir=Path(cache_dir))
     chosen = {"split_ratio": split_ratio, "epochs": epochs, "dropout": 0.5, "l1": 0.0, "l2": 1e-4,
               "batch_size": batch_size}
     spec = s.trial_spec(chosen)

@@ -44,6 +44,7 @@ from search.runtime import runtime_identity
 EXTRACT_BATCH = 256
 BLOCK_ROWS = 4096          # rows per checksummed block (32 MB of float32 features)
 PREFETCH_BYTES = 4 << 20   # read-ahead request size of ``prefetch``
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def default_cache_dir() -> Path:
@@ -286,7 +287,7 @@ def ensure_cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> N
 
 
 def _write_error(cache_dir: Path, e: OSError) -> CacheError:
-    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = e.errno in DISK_FULL
     what = "no space left on device; free space and re-run the same command" if full else (e.strerror or str(e))
     return CacheError(f"cannot write feature cache in {cache_dir}: {what}")
 
@@ -297,7 +298,7 @@ def _full_disk_named(out_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno not in DISK_FULL:
             raise
         raise _write_error(out_dir.parent, e) from None
 
