@@ -233,6 +233,8 @@ class Search:
         except Interrupted as e:
             e.retried = st.fail_own_trials(study, str(e))
             raise
+        finally:
+            artifacts.sweep_leftovers(study, ctx.artifact_dir)  # uploads a kill cut short, their trials now ended
 
     def confirm(self, *, trials: list[int] | None = None, all_trials: bool = False, seeds: int = 5,
                 on_line: Message = lambda line: None) -> "Confirmation":

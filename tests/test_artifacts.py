@@ -114,6 +114,46 @@ def test_a_full_artifact_disk_leaves_no_half_picture_and_the_next_upload_is_whol
                                                             trial_artifacts(s.get_trials()[1], compat.storage_of(s)))
 
 
+class Killed(BaseException):
+    """Stands for a kill -9: nothing of the upload's own clean-up runs after it."""
+
+
+def _kill(*args, **kwargs):
+    raise Killed
+
+
+@pytest.mark.parametrize("cut", ["before the record", "before the rename"])
+def test_an_upload_a_kill_cut_short_is_settled_once_its_trial_has_ended(study, tmp_path, monkeypatch, cut):
+    url, s = study
+    where, storage = artifacts.prepare(s, url, None), compat.storage_of(s)
+    trial = s.ask()
+    with monkeypatch.context() as m:
+        if cut == "before the record":
+            m.setattr(storage, "set_trial_system_attr", _kill)
+        else:
+            m.setattr(artifacts.os, "replace", _kill)
+        with pytest.raises(Killed):
+            artifacts.upload_pictures(trial, _pictures(tmp_path), where)
+    (left,) = where.iterdir()
+    assert left.name.startswith(".") and artifacts.sweep_leftovers(s, where) == []  # still running: still uploading
+    s.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert artifacts.sweep_leftovers(s, where) == [left.name]
+    recorded = [m["artifact_id"] for m in trial_artifacts(s.get_trials()[0], storage)]
+    assert [p.name for p in where.iterdir()] == recorded  # no file that no trial references
+    assert len(recorded) == (cut == "before the rename")
+    for artifact_id in recorded:
+        with optuna.artifacts.FileSystemArtifactStore(str(where)).open_reader(artifact_id) as f:
+            assert f.read() == PNG
+
+
+def test_a_trial_another_process_finished_gets_no_picture_file(study, tmp_path):
+    url, s = study
+    where, trial = artifacts.prepare(s, url, None), s.ask()
+    compat.storage_of(s).set_trial_state_values(compat.trial_id(trial), optuna.trial.TrialState.FAIL)
+    assert artifacts.upload_pictures(trial, _pictures(tmp_path), where) == []
+    assert list(where.iterdir()) == []
+
+
 def test_studies_with_pictures_in_different_directories_are_all_found(tmp_path):
     url = f"sqlite:///{tmp_path / 'two.db'}"
     for name in ("a", "b"):

@@ -33,3 +33,13 @@ def test_telling_a_finished_trial_is_recognised():
         study.tell(trial, 1.0)
     assert compat.is_cannot_tell(e.value)
     assert not compat.is_cannot_tell(ValueError("something else"))
+
+
+def test_an_artifact_recorded_by_hand_is_the_one_optuna_and_the_dashboard_read():
+    study = optuna.create_study()
+    trial = study.ask()
+    key, value = compat.artifact_record("0123-abcd", "roc.png", "image/png")
+    assert key.startswith(compat.ARTIFACT_PREFIX)
+    compat.storage_of(study).set_trial_system_attr(compat.trial_id(trial), key, value)
+    (meta,) = optuna.artifacts.get_all_artifact_meta(trial, storage=compat.storage_of(study))
+    assert (meta.artifact_id, meta.filename, meta.mimetype) == ("0123-abcd", "roc.png", "image/png")

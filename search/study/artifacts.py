@@ -11,17 +11,22 @@ when it is created, and recorded on the study (user attribute
 other machines must reach at the same path (a shared mount).
 
 A picture that cannot be stored never fails the trial: the error is recorded
-as the trial's user attribute ``artifact_error``.
+as the trial's user attribute ``artifact_error``.  No file is ever left that no
+trial references: a picture is written whole under a hidden name that names its
+trial, recorded, then renamed into place, and what a kill -9 leaves is settled
+by ``sweep_leftovers`` at the end of a run.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from search.errors import UsageError
+from search.study import optuna_compat as compat
 
 if TYPE_CHECKING:
     import optuna
@@ -88,14 +93,18 @@ class WholeFileStore:
         self._store.remove(artifact_id)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        tmp = self.path / f".{artifact_id}.{os.getpid()}.tmp"
+        os.replace(self.stage(artifact_id, f"p{os.getpid()}", content_body), self.path / artifact_id)
+
+    def stage(self, artifact_id: str, owner: str, content_body: BinaryIO) -> Path:
+        """Write the artifact whole to a hidden ``.<id>.<owner>.tmp`` (removed again if the write fails)."""
+        tmp = self.path / f".{artifact_id}.{owner}.tmp"
         try:
             with open(tmp, "wb") as f:
                 shutil.copyfileobj(content_body, f)
-            os.replace(tmp, self.path / artifact_id)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return tmp
 
 
 def upload_pictures(trial: "optuna.Trial", pictures: list[str], artifact_dir: Path | None) -> list[str]:
@@ -106,16 +115,11 @@ def upload_pictures(trial: "optuna.Trial", pictures: list[str], artifact_dir: Pa
     files = [p for p in pictures if not p.startswith("error:")]
     ids = []
     try:
-        import optuna
-
-        # upload_artifact records the artifact before writing it: check first, so that a store that
-        # cannot be written leaves no artifact pointing at nothing.
         if not Path(artifact_dir).is_dir() or not os.access(artifact_dir, os.W_OK):
             raise OSError(f"artifact directory {artifact_dir} is not a writable directory")
         st = store(artifact_dir)
         for path in files:
-            ids.append(optuna.artifacts.upload_artifact(artifact_store=st, file_path=path,
-                                                        study_or_trial=trial, mimetype="image/png"))
+            ids.append(_upload(trial, st, path))
     except Exception as e:  # a picture is never worth a trial
         errors.append(f"{type(e).__name__}: {e}")
     finally:
@@ -127,6 +131,50 @@ def upload_pictures(trial: "optuna.Trial", pictures: list[str], artifact_dir: Pa
         except Exception:
             pass
     return ids
+
+
+def _upload(trial: "optuna.Trial", st: WholeFileStore, path: str) -> str:
+    """One picture as the trial's artifact: written whole under a hidden name that names the trial, recorded on
+    the trial, then renamed into place.  A failed write records nothing; a kill -9 on the way leaves only the
+    hidden file, which ``sweep_leftovers`` finishes or removes once the trial has ended."""
+    artifact_id, tid = str(uuid.uuid4()), compat.trial_id(trial)
+    key, value = compat.artifact_record(artifact_id, Path(path).name, "image/png")
+    with open(path, "rb") as f:
+        tmp = st.stage(artifact_id, f"t{tid}", f)
+    try:  # a trial that another process has finished refuses the record
+        trial.storage.set_trial_system_attr(tid, key, value)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, st.path / artifact_id)
+    return artifact_id
+
+
+def sweep_leftovers(study: "optuna.Study", artifact_dir: Path | None) -> list[str]:
+    """Settle the uploads a kill -9 cut short, once their trial has ended: a recorded picture is renamed into
+    place, an unrecorded one removed.  A trial that still runs may still be uploading, so its files stay.
+    Returns the names settled; never raises (the next sweep tries again)."""
+    try:
+        leftovers = list(Path(artifact_dir).glob(".*.t*.tmp"))
+    except (OSError, TypeError):
+        return []
+    storage = compat.storage_of(study)
+    return [tmp.name for tmp in leftovers if _settle(storage, tmp)]
+
+
+def _settle(storage: "optuna.storages.BaseStorage", tmp: Path) -> bool:
+    try:
+        artifact_id, owner = tmp.name[1:-len(".tmp")].rsplit(".", 1)
+        trial = storage.get_trial(int(owner[1:]))
+        if not trial.state.is_finished():
+            return False
+        if compat.ARTIFACT_PREFIX + artifact_id in trial.system_attrs:
+            os.replace(tmp, tmp.parent / artifact_id)
+        else:
+            tmp.unlink(missing_ok=True)
+        return True
+    except Exception:
+        return False
 
 
 # ---------------------------------------------------------------- reading (dashboard)

@@ -6,9 +6,12 @@ Optuna that renames one of these fails that test, not a study.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import optuna
+from optuna.artifacts import _upload
 
 CHECKED_WITH = ("5.0", "5.1")
 
@@ -28,6 +31,17 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
 def study_id(study: optuna.Study) -> int:
     """The storage's id of a study (``create_new_trial`` takes it)."""
     return study._study_id
+
+
+ARTIFACT_PREFIX = _upload.ARTIFACTS_ATTR_PREFIX  # the key of a trial's system attribute that records an artifact
+
+
+def artifact_record(artifact_id: str, filename: str, mimetype: str) -> tuple[str, str]:
+    """The trial system attribute (key, value) by which ``upload_artifact`` records an artifact and
+    ``get_all_artifact_meta`` (the dashboard) finds it: written by hand to record it *before* the file, where
+    Optuna writes the file first and so leaves an unreferenced one when killed in between."""
+    meta = _upload.ArtifactMeta(artifact_id=artifact_id, filename=filename, mimetype=mimetype, encoding=None)
+    return ARTIFACT_PREFIX + artifact_id, json.dumps(dataclasses.asdict(meta))
 
 
 def is_cannot_tell(e: BaseException) -> bool:

@@ -61,7 +61,7 @@ class RetryCallback(optuna.storages.RetryHeartbeatStaleTrialCallback):
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trial = copy.deepcopy(trial)
         trial.system_attrs = {k: v for k, v in trial.system_attrs.items()
-                              if k != OWNER_ATTR and not k.startswith("artifacts:")}
+                              if k != OWNER_ATTR and not k.startswith(compat.ARTIFACT_PREFIX)}
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in _RETRY_KEEPS}
         super().__call__(study, trial)
 
