@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -36,11 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import search
-from benchmarks.common import extraction_timing, timed_search
+from benchmarks.common import extraction_timing, load_text, loadavg, machine, timed_search
 from search.config import SEARCHABLE, StudyConfig, load_config
-from search.data import datasets
-from search.features import feature_cache
-from search.study.objective import Context, resolve_params, trial_spec
 from search.study.repeats import summarize
 
 BASE_STUDY = "fmnist_balance"   # its balanced arm is the paper's augmented setting (Table 5)
@@ -64,9 +60,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="feature cache directory (default: a fresh temporary one, removed at the end); an existing "
                         "entry is reused and its extraction is then not measured")
     p.add_argument("--json", type=Path, help="also write the raw figures here")
-    p.add_argument("--memory", type=int, metavar="V",
-                   help="instead: peak memory of one full-size trial, plain vs views with V views, on synthetic "
-                        "features of the real shape (no extraction; --epochs applies)")
     a = p.parse_args(argv)
     a.view_counts = sorted({int(v) for v in a.views.split(",") if v.strip()})
     if not a.view_counts or min(a.view_counts) < 1:
@@ -94,7 +87,7 @@ def arm_config(base: StudyConfig, mode: str, views: int, epochs: int, subset: in
 
 
 def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
-    start_load = [round(x, 2) for x in os.getloadavg()]
+    start_load = loadavg()
     base = load_config(BASE_STUDY)
     arms = [("none", arm_config(base, "none", 1, a.epochs, a.subset, a.weights))]
     arms += [(f"views V={v}", arm_config(base, "views", v, a.epochs, a.subset, a.weights)) for v in a.view_counts]
@@ -124,68 +117,7 @@ def run(a: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     return {"settings": {"subset": a.subset, "n_images": s.load_data().n_images, "seeds": a.seeds,
                          "epochs": a.epochs, "views": a.view_counts, "weights": s.resolved_weights.identity,
                          "base": f"{BASE_STUDY}:{BASE_ARM}"},
-            "machine": {**_machine(), "load_avg_at_start": start_load}, "extraction": extraction, "runs": runs}
-
-
-def memory(a: argparse.Namespace, cache_dir: Path, n_views: int) -> dict[str, Any]:
-    """Peak memory of one full-size trial (all 70,000 images, split 0.8), plain against views with ``n_views``.
-
-    The features are synthetic (uniform noise of the real shape, the real labels), so this needs no
-    extraction: a trial's memory depends on the shapes, not on the values.
-    """
-    import numpy as np
-
-    base = load_config(BASE_STUDY)
-    labels = datasets.load_pooled("fashion_mnist", a.data_dir, 0).labels
-    n, width = len(labels), 2048
-    rng = np.random.default_rng(0)
-
-    def write(key: str, shape: tuple[int, ...]) -> None:
-        def build(tmp: Path) -> None:
-            f = feature_cache.open_features(tmp / "features.npy", shape)
-            rows = f.reshape(-1, width)
-            for start in range(0, len(rows), 8192):
-                rows[start:start + 8192] = rng.random((min(8192, len(rows) - start), width), dtype=np.float32)
-            f.flush()
-            del f, rows
-            np.save(tmp / "labels.npy", labels)
-
-        feature_cache.ensure_cached(cache_dir, key, build)
-
-    log(f"synthetic full-size caches: plain ({n}, {width}) and views ({n_views}, {n}, {width})")
-    write("synthetic-plain", (n, width))
-    write(f"synthetic-views-{n_views}", (n_views, n, width))
-    out = {}
-    for mode in ("none", "views"):
-        cfg = arm_config(base, mode, n_views, a.epochs, 0, a.weights)
-        ctx = Context(config=cfg, cache_dir=cache_dir, cache_key="synthetic-plain", n_classes=10, target=1,
-                      extra_spec={"views_key": f"synthetic-views-{n_views}"})
-        o = ctx.run(trial_spec(ctx, resolve_params(cfg, {})), lambda e: None, None)
-        out[mode] = {"peak_memory_mb": o.peak_memory_mb, "trial_memory_mb": o.trial_memory_mb,
-                     "baseline_memory_mb": o.baseline_memory_mb, "train_time_s": o.result["train_time_s"],
-                     "epoch_time_s": o.result["epoch_time_s"], "n_train": o.result["n_train"]}
-        log(f"{mode}: peak {o.peak_memory_mb:.0f} MB (trial {o.trial_memory_mb:.0f} MB above a "
-            f"{o.baseline_memory_mb:.0f} MB baseline), {o.result['n_train']} training rows, "
-            f"epoch {o.result['epoch_time_s']:.1f} s")
-    return {"views": n_views, "epochs": a.epochs, "rows": n, "trials": out}
-
-
-def _machine() -> dict[str, Any]:
-    import platform
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-
-
-def _load(load: list[float] | None) -> str:
-    return "/".join(f"{v:.2f}" for v in load) if load else "not recorded"
+            "machine": {**machine(), "load_avg_at_start": start_load, "load_avg_at_end": loadavg()}, "extraction": extraction, "runs": runs}
 
 
 def _fmt_ci(s: dict[str, Any], digits: int = 3) -> str:
@@ -204,8 +136,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
              f"{st['n_images']:,} Fashion-MNIST images ({st['base']} settings: rotation 20, shifts 0.2, flip; "
              f"split 0.8, batch 32, {st['epochs']} epochs), weights {st['weights']}, seeds 0-{st['seeds'] - 1}; "
              f"{res['machine']['cores']} cores ({res['machine']['cpu']}), {res['machine']['date']}; "
-             f"load average {_load(res['machine'].get('load_avg_at_start'))} at start, "
-             f"{_load(res['machine'].get('load_avg_at_end'))} at end. "
+             f"load average {load_text(res['machine'].get('load_avg_at_start', []))} at start, "
+             f"{load_text(res['machine'].get('load_avg_at_end', []))} at end. "
              f"Mean [95% t-interval over seeds]; differences paired by seed (same split).", "",
              "| arm | test accuracy | minus online | test ROC AUC | train time (s) | peak memory (MB) |",
              "|---|---|---|---|---|---|"]
@@ -242,14 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.cache_dir is None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-augmentation-"))
     try:
-        if a.memory:
-            res = memory(a, a.cache_dir or tmp, a.memory)
-            print(f"`{command.strip()}`\n\n| trial (70,000 images, split 0.8, {a.epochs} epoch(s)) | peak memory (MB) "
-                  f"| above baseline (MB) | epoch (s) |\n|---|---|---|---|")
-            for mode, t in res["trials"].items():
-                name = "plain features" if mode == "none" else f"views, V = {a.memory}"
-                print(f"| {name} | {t['peak_memory_mb']:.0f} | {t['trial_memory_mb']:.0f} | {t['epoch_time_s']:.1f} |")
-            return 0
         res = run(a, a.cache_dir or tmp)
     finally:
         if tmp is not None:

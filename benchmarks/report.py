@@ -6,11 +6,6 @@ from typing import Any
 
 from benchmarks.cache_vs_full import SAME_PREDICTIONS, equivalence_line, rates_line
 from benchmarks.common import load_text
-from benchmarks.trial import extrapolate
-
-# fmnist_reg's search space: epochs uniform 5-25 (mean 15), split_ratio in {0.5..0.9} (mean 0.7).
-MEAN_EPOCHS, MAX_EPOCHS = 15, 25
-
 
 def _best(sweep: dict[str, Any]) -> dict[str, Any]:
     return max(sweep["rows"], key=lambda r: r["gflops"])
@@ -18,23 +13,6 @@ def _best(sweep: dict[str, Any]) -> dict[str, Any]:
 
 def _row(sweep: dict[str, Any], batch: int) -> dict[str, Any] | None:
     return next((r for r in sweep["rows"] if r["batch_size"] == batch), None)
-
-
-def study_estimates(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """30-trial fmnist_reg study from the measured full-data trials: mean and worst-case trial lengths."""
-    if res["plan_settings"]["trial_subset"] != 0:
-        return []
-    split = 0.8  # the measured trials' split
-    overhead = res["optuna"]["per_trial_at_end_s"]
-    out = []
-    for t in res["trials"]:
-        mean = extrapolate(t, MEAN_EPOCHS, 0.7 / split) + overhead
-        worst = extrapolate(t, MAX_EPOCHS, 0.9 / split) + overhead
-        paper = extrapolate(t, MAX_EPOCHS, 1.0)
-        out.append({"backend": t["backend"], "storage": t["storage"], "trial_25_epochs_s": paper,
-                    "mean_trial_s": mean, "study_30_mean_h": (30 * mean + res["extraction"]["wall_s"]) / 3600,
-                    "study_30_worst_h": (30 * worst + res["extraction"]["wall_s"]) / 3600})
-    return out
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -59,22 +37,10 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                         "value": f"{b['gflops'] / lim:.0%} at batch {b['batch_size']} "
                                  f"({b32['gflops'] / lim:.0%} at batch 32); limit {lim:.0f} GFLOP/s",
                         "met": b["gflops"] / lim >= 0.5})
-    # The reference trial: the service's default backend (jax), the shortest trial, so the largest share.
-    tf = next(t for b in ("jax", "tensorflow") for t in res["trials"] if t["backend"] == b and t["storage"] == "float32")
-    full = res["plan_settings"]["trial_subset"] == 0
-    ref = extrapolate(tf, MEAN_EPOCHS, 0.7 / 0.8) if full else tf["wall_s"]
-    what = "mean fmnist_reg trial (15 epochs, extrapolated)" if full else "the quick slice trial"
-    o = res["optuna"]
-    share = o["per_trial_at_end_s"] / ref
-    out.append({"target": f"Optuna overhead < 1% of trial time at {o['n_trials']} trials",
-                "value": f"{o['per_trial_at_end_s'] * 1e3:.0f} ms/trial = {share:.2%} of {what} ({ref:.0f} s)",
-                "met": share < 0.01})
     out.append({"target": "30-trial fmnist_reg study < 45 min on 2 idle cores, batch 32",
                 "value": "measured end to end by `python -m benchmarks.study`, not by this run", "met": None})
     for backend in dict.fromkeys(t["backend"] for t in res["trials"]):  # the default backend (jax) first
-        runs = [t for t in res["trials"] if t["backend"] == backend and t.get("storage", "float32") == "float32"]
-        if not runs:
-            continue
+        runs = [t for t in res["trials"] if t["backend"] == backend]
         peak = max(t["peak_memory_mb"] for t in runs)
         default = " (the service's default)" if backend == "jax" else ""
         out.append({"target": f"trial peak memory < 2 GB ({backend}{default})",
@@ -138,42 +104,10 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{r['gflops']:.1f} | {r['gflops'] / lim:.0%} | {acc if i == 0 else ''} |")
 
     L += ["", "**fmnist_reg-shaped trials** (`search.trial.child.run_trial` in a child; 1024 units, batch 32, split 0.8):", "",
-          "| backend | features | images | train rows | epochs | wall s | first epoch s | steady epoch s | peak MB | accuracy |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| backend | images | train rows | epochs | wall s | first epoch s | steady epoch s | peak MB | accuracy |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for t in res["trials"]:
-        L.append(f"| {t['backend']} | {t['storage']} | {res['trial_n_images']} | {t['n_train']} | {t['epochs']} | "
+        L.append(f"| {t['backend']} | {res['trial_n_images']} | {t['n_train']} | {t['epochs']} | "
                  f"{t['wall_s']:.1f} | {t['first_epoch_s']:.1f} | {t['steady_epoch_s']:.1f} | "
                  f"{t['peak_memory_mb']:.0f} | {t['accuracy']:.4f} |")
-    est = study_estimates(res)
-    if est:
-        L += ["", "Extrapolated (labelled: not measured end to end): 25-epoch trial and 30-trial study "
-                  "(extraction + 30 x (trial + Optuna overhead)):", "",
-              "| backend | features | 25-epoch trial s | mean trial s | 30 trials, mean (h) | 30 trials, worst (h) |",
-              "|---|---|---|---|---|---|"]
-        L += [f"| {x['backend']} | {x['storage']} | {x['trial_25_epochs_s']:.0f} | {x['mean_trial_s']:.0f} | "
-              f"{x['study_30_mean_h']:.2f} | {x['study_30_worst_h']:.2f} |" for x in est]
-    if "float16_storage" in res:
-        f = res["float16_storage"]
-        L += ["", f"**float16 feature storage**: {f['size_mb']['float32']:.0f} MB -> {f['size_mb']['float16']:.0f} MB; "
-                  f"reading the training rows (page cache warm) {f['train_rows_load_s']['float32']:.2f} s -> "
-                  f"{f['train_rows_load_s']['float16']:.2f} s; max relative error {f['max_rel_error']:.1e}; "
-                  f"all finite: {f['all_finite']}."]
-
-    o = res["optuna"]
-    L += ["", f"**Optuna overhead** (fmnist_reg's 4-objective TPE, {o['n_trials']} trials, stubbed trial; "
-              f"total {o['total_s']:.0f} s), mean ms per trial:", "",
-          "| trials | service on SQLite (storage + sampler + attrs) | sampler alone (in-memory) |", "|---|---|---|"]
-    L += [f"| {a['trials']} | {a['mean_ms']:.0f} | {b['mean_ms']:.0f} |"
-          for a, b in zip(o["service_curve"], o["sampler_curve"])]
-
-    k = res["keras_tuner"]
-    L += ["", f"**vs KerasTuner** (fmnist_reg's space, epochs {k['epochs'][0]}-{k['epochs'][1]}, {k['subset']} images, "
-              f"{k['n_trials']} trials, batch 32):", "",
-          "| | wall s | best accuracy | peak MB |", "|---|---|---|---|",
-          f"| this service (`python -m search.run`, empty cache) | {k['ours']['wall_s']:.0f} | "
-          f"{k['ours']['best_accuracy']:.4f} | {k['ours']['max_peak_memory_mb']:.0f} (per trial) |",
-          f"| KerasTuner {k['keras_tuner']['keras_tuner']} RandomSearch, backbone in the model | "
-          f"{k['keras_tuner']['process_wall_s']:.0f} | {k['keras_tuner']['best_accuracy']:.4f} | "
-          f"{k['keras_tuner']['peak_memory_mb']:.0f} |",
-          "", f"Speed-up {k['speedup']:.1f}x."]
     return "\n".join(L) + "\n"

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cache_vs_full, extraction, kerastuner_cmp, optuna_overhead, trial
+from benchmarks import cache_vs_full, extraction, trial
 from benchmarks.common import (child, ensure_features, gemm_gflops, load_text, load_warning, loadavg, machine,
-                               matmul_gflops, require_bench)
+                               matmul_gflops)
 from benchmarks.report import markdown, targets
 
 BATCHES_QUICK = [32, 64, 128, 256, 512, 1024]
@@ -41,17 +41,15 @@ PLANS: dict[str, dict[str, Any]] = {
         # 42,000 x 3 on an idle machine, 2026-11-29)
         "rates": {"subset": 0, "cached_rows": 56000, "cached_epochs": 4, "loop_images": 6000, "loop_epochs": 4},
         "equivalence": {"subset": 2000, "split_ratio": 0.5, "epochs": 1},
-        "sweep_rows": 8192, "sweep_batches": BATCHES_QUICK, "variants": False, "float16_backends": [],
+        "sweep_rows": 8192, "sweep_batches": BATCHES_QUICK, "variants": False,
         "trial_subset": 2000, "trial_epochs": 2, "trial_backends": ["jax", "tensorflow"],
-        "optuna_trials": 100, "kt_subset": 1000, "kt_trials": 2, "kt_epochs": (1, 2),
     },
     "full": {
         "extraction_subset": 0,
         "rates": {"subset": 0, "cached_rows": 56000, "cached_epochs": 4, "loop_images": 8000, "loop_epochs": 4},
         "equivalence": {"subset": 3000, "split_ratio": 2 / 3, "epochs": 2},
         "sweep_rows": 42000, "sweep_batches": BATCHES_FULL, "variants": True, "variant_rows": 14000,
-        "trial_subset": 0, "trial_epochs": 3, "trial_backends": ["jax", "tensorflow"], "float16_backends": ["jax"],
-        "optuna_trials": 500, "kt_subset": 2500, "kt_trials": 4, "kt_epochs": (1, 3),
+        "trial_subset": 0, "trial_epochs": 3, "trial_backends": ["jax", "tensorflow"],
     },
 }
 
@@ -143,31 +141,11 @@ def run(plan_name: str, workdir: Path, full_cache_dir: Path) -> dict[str, Any]:
     for backend in plan["trial_backends"]:
         r = trial.run(trial.fmnist_reg_spec(tcached.cache_dir, plan["trial_subset"], plan["trial_epochs"]),
                       backend)
-        trials.append({"storage": "float32", **r})
+        trials.append(r)
         log(f"  {backend}: {r['wall_s']:.1f} s, {r['steady_epoch_s']:.1f} s/epoch, peak {r['peak_memory_mb']:.0f} MB, "
             f"{r['breakdown']['outside_fit_s']:.1f} s outside fit [load {load_text(r['load_avg_after'])}]")
-    if plan["variants"]:
-        log("float16 feature storage")
-        c16 = workdir / "cache_f16"
-        shutil.rmtree(c16, ignore_errors=True)
-        res["float16_storage"] = trial.float16_copy(tcached.cache_dir, tcached.key, c16)
-        for backend in plan["float16_backends"]:
-            spec = trial.fmnist_reg_spec(tcached.cache_dir, plan["trial_subset"], plan["trial_epochs"], read_from=c16)
-            r = trial.run(spec, backend)
-            trials.append({"storage": "float16", **r})
-            log(f"  {backend} float16: {r['wall_s']:.1f} s, peak {r['peak_memory_mb']:.0f} MB")
     res["trials"] = trials
     res["trial_n_images"] = tcached.n
-
-    log(f"Optuna overhead, {plan['optuna_trials']} trials")
-    res["optuna"] = optuna_overhead.measure(plan["optuna_trials"], workdir)
-    log(f"  {res['optuna']['per_trial_at_end_s'] * 1e3:.0f} ms per trial at the end")
-
-    log("vs KerasTuner")
-    res["keras_tuner"] = kerastuner_cmp.compare(workdir / "kt", plan["kt_subset"], plan["kt_trials"],
-                                                tuple(plan["kt_epochs"]))
-    log(f"  ours {res['keras_tuner']['ours']['wall_s']:.0f} s, "
-        f"KerasTuner {res['keras_tuner']['keras_tuner']['process_wall_s']:.0f} s")
 
     res["limit"]["matmul_4096_gflops_end"] = matmul_gflops(4096)
     lim = max(v for k, v in res["limit"].items() if k.startswith("matmul_4096"))
@@ -191,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="feature cache holding (or receiving, once) the random-weight features of all of "
                         "Fashion-MNIST for the quick run's comparison at scale (default: the service's cache)")
     a = p.parse_args(argv)
-    require_bench("python -m benchmarks.run", "keras_tuner", "tensorboard")
     plan = "quick" if a.quick else "full"
     out = a.out or Path("benchmarks/out") / f"{plan}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -234,7 +234,7 @@ def _mb(v: float | None) -> str:
 
 def report_table(res: dict[str, Any]) -> str:
     """The figures of one run as a Markdown table; every row ends with the load average it was measured under."""
-    t, m, mem = res["trials"], res["machine"], res["memory"]
+    t, mem = res["trials"], res["memory"]
     load = (f"{res['load_avg_at_start'][0]:.2f} / {res['load_avg_max'][0]:.2f} / {res['load_avg_at_end'][0]:.2f}")
     rows = [
         ("wall time", _s(res["wall_s"])),

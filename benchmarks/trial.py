@@ -1,6 +1,6 @@
 """One ``fmnist_reg`` trial through the production path (``search.trial.child.run_trial`` in a fresh child process, as
 ``search.study.objective`` runs it), with the breakdown of its wall time outside ``fit`` (issue 12 part 3a), per
-Keras backend; and the cost of compact (float16) feature storage.
+Keras backend.
 
 ``python -m benchmarks.trial [--epochs 3] [--split 0.8] [--out FILE.json] BACKEND...`` prints, per backend, where
 the trial's wall time goes: process start, imports, loading features, copying rows, tracing/compile, fit,
@@ -17,23 +17,21 @@ from typing import Any
 import numpy as np
 
 import search
-from benchmarks.common import child, load_text, load_verified, load_warning, loadavg, unstored_search
-from search.data import datasets
+from benchmarks.common import child, load_text, load_warning, loadavg, unstored_search
 from search.features import feature_cache
 
 
 def fmnist_reg_spec(cache_dir: str | Path, subset: int, epochs: int, split_ratio: float = 0.8,
-                    batch_size: int = 32, seed: int = 0, read_from: str | Path | None = None) -> dict[str, Any]:
+                    batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
     """The job the service runs for one fmnist_reg trial (``search.Search.trial_spec``, random weights, on a
     ``subset`` slice whose features are in ``cache_dir``), with this trial's choices: ``epochs``, ``split_ratio``,
-    dropout 0.5, L2 1e-4, no L1; the config's fixed rest.  ``read_from``: another copy of that cache entry."""
+    dropout 0.5, L2 1e-4, no L1; the config's fixed rest."""
     config = search.load_config("fmnist_reg", weights="random", seed=seed, subset=subset)
     # artifact_dir set: the trial draws its pictures, as in a run (the benchmark only times them).
     s = unstored_search(config, cache_dir, artifact_dir=Path(cache_dir))
     chosen = {"split_ratio": split_ratio, "epochs": epochs, "dropout": 0.5, "l1": 0.0, "l2": 1e-4,
               "batch_size": batch_size}
-    spec = s.trial_spec(chosen)
-    return (spec.replace(cache_dir=str(read_from)) if read_from else spec).as_dict()
+    return s.trial_spec(chosen).as_dict()
 
 
 def metric(result: dict[str, Any], name: str) -> float | None:
@@ -156,40 +154,6 @@ def tensorflow_import_s(env: dict[str, str] | None = None) -> float:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     return float(out.stdout.strip().splitlines()[-1])
-
-
-def extrapolate(r: dict[str, Any], epochs: int, train_share: float = 1.0) -> float:
-    """Seconds of a trial of ``epochs`` epochs on ``train_share`` x this trial's training rows (labelled as such)."""
-    return r["non_training_s"] + (r["first_epoch_s"] + (epochs - 1) * r["steady_epoch_s"]) * train_share
-
-
-def float16_copy(src_dir: str, key: str, dst_dir: Path) -> dict[str, Any]:
-    """The same cache entry with float16 features in ``dst_dir`` (trial.py reads it unchanged: it casts rows)."""
-    def build(tmp: Path) -> None:
-        x, y = load_verified(src_dir, key)
-        out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16, shape=x.shape)
-        for s in range(0, len(x), 8192):
-            out[s:s + 8192] = x[s:s + 8192]
-        out.flush()
-        del out
-        np.save(tmp / "labels.npy", y)
-
-    feature_cache.ensure_cached(dst_dir, key, build)
-    x32, _ = load_verified(src_dir, key)
-    x16, y = load_verified(dst_dir, key)
-    finite = bool(np.isfinite(x16).all())
-    rel = float(np.abs(x16[:2000].astype(np.float32) - x32[:2000]).max() / (np.abs(x32[:2000]).max() or 1))
-    tr, _ = datasets.split_indices(y, 0.8, 0)
-    load = {}
-    for name, x in (("float32", x32), ("float16", x16)):
-        np.asarray(x[tr], np.float32)  # warm the page cache: compare memory, not disk
-        t = time.perf_counter()
-        np.asarray(x[tr], np.float32)
-        load[name] = time.perf_counter() - t
-    size = {n: (Path(d) / key / "features.npy").stat().st_size / 2**20 for n, d in (("float32", src_dir),
-                                                                                     ("float16", dst_dir))}
-    return {"size_mb": size, "train_rows_load_s": load, "all_finite": finite, "max_rel_error": rel,
-            "meta": json.loads((dst_dir / key / "meta.json").read_text())["shape"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import cache_vs_full, optuna_overhead, study, trial as btrial
+from benchmarks import cache_vs_full, study, trial as btrial
 from benchmarks.common import child, ensure_features, gemm_gflops, head_train_flops, load_warning, matmul_gflops
 from benchmarks.report import markdown, targets
 from tests.conftest import ROOT, cli_env, needs_real_fashion
@@ -83,7 +83,7 @@ def _recorded_run(rates: dict | None = None) -> dict:
     sweep = lambda name: {"name": name, "n_rows": 8192, "rows": [  # noqa: E731
         {"batch_size": 32, "steady_epoch_s": 1.0, "gflops": 20.0},
         {"batch_size": 256, "steady_epoch_s": 0.2, "gflops": 90.0}]}
-    t = {"backend": "jax", "storage": "float32", "epochs": 3, "n_train": 56000, "wall_s": 100.0, "train_time_s": 90.0,
+    t = {"backend": "jax", "epochs": 3, "n_train": 56000, "wall_s": 100.0, "train_time_s": 90.0,
          "test_time_s": 1.0, "epoch_s": [32.0, 29.0, 29.0], "first_epoch_s": 32.0, "steady_epoch_s": 29.0,
          "non_training_s": 10.0, "peak_memory_mb": 1500.0, "accuracy": 0.8, "roc_auc": 0.97}
     return {"plan": "quick", "plan_settings": {"trial_subset": 0}, "command": "python -m benchmarks.run --quick",
@@ -99,14 +99,7 @@ def _recorded_run(rates: dict | None = None) -> dict:
             "extraction": {"n_images": 2000, "wall_s": 15.0, "steady": False, "images_per_s": 133.0, "gflops": 21.0,
                            "share_of_matmul": 0.11, "flops_per_image": 1.57e8, "peak_memory_mb": 1091.0,
                            "forward_images_per_s": 446.0, "forward_gflops": 70.2},
-            "head_sweeps": [sweep("tensorflow"), sweep("jax")], "trials": [t], "trial_n_images": 70000,
-            "optuna": {"n_trials": 100, "per_trial_at_end_s": 0.1, "total_s": 10.0,
-                       "service_curve": [{"trials": "1-50", "mean_ms": 100.0}],
-                       "sampler_curve": [{"trials": "1-50", "mean_ms": 10.0}]},
-            "keras_tuner": {"epochs": [1, 2], "subset": 1000, "n_trials": 2, "speedup": 1.4,
-                            "ours": {"wall_s": 41.0, "best_accuracy": 0.38, "max_peak_memory_mb": 900.0},
-                            "keras_tuner": {"keras_tuner": "1.4.8", "process_wall_s": 56.0, "best_accuracy": 0.2,
-                                            "peak_memory_mb": 1400.0}}}
+            "head_sweeps": [sweep("tensorflow"), sweep("jax")], "trials": [t], "trial_n_images": 70000}
 
 
 def test_targets_and_markdown_from_a_recorded_run():
@@ -122,12 +115,6 @@ def test_targets_and_markdown_from_a_recorded_run():
     assert "**Cache vs backbone in the loop, at scale**" in md and "**Equivalence check**" in md
     assert "| cached features | jax | 42,000 |" in md and "| frozen ResNet50 in the loop | tensorflow | 6,000 |" in md
     assert "(under 10%)" in md and "0.10/0.20/0.30 / 1.10/0.50/0.40" in md  # tracing share and load with the figure
-
-
-def test_optuna_overhead_runs_the_service_objective_with_a_stub_runner(tmp_path):
-    r = optuna_overhead.measure(12, tmp_path, window=5)
-    assert [w["trials"] for w in r["service_curve"]] == ["1-5", "6-10", "11-12"]
-    assert r["per_trial_at_end_s"] > 0 and r["sampler_at_end_s"] > 0
 
 
 @pytest.mark.slow  # 6 s of real training; the sweep on a cache entry below stays in the fast suite
@@ -360,12 +347,11 @@ def test_paired_leaves_out_snapshots(tmp_path):
     assert list(paired.trials(db, "s")) == [0]
 
 
-@pytest.mark.parametrize("module,argv,missing", [("run", ["--quick"], "keras_tuner"),
-                                                 ("snapshots", ["--smoke"], "moocore")])
-def test_a_benchmark_without_the_bench_extra_says_which_extra_in_one_line(monkeypatch, capsys, tmp_path,
-                                                                         module, argv, missing):
+def test_a_benchmark_without_the_bench_extra_says_which_extra_in_one_line(monkeypatch, capsys, tmp_path):
     import importlib
     import importlib.util
+
+    module, argv, missing = "snapshots", ["--smoke"], "moocore"
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
@@ -377,3 +363,50 @@ def test_a_benchmark_without_the_bench_extra_says_which_extra_in_one_line(monkey
     assert capsys.readouterr().err == (f"error: python -m benchmarks.{module} needs {missing} (the 'bench' extra): "
                                        f"pip install -e '.[bench]'\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def _run(variant, points, seed=0):
+    """A benchmarks.snapshots run: (seconds, accuracy, train_time_s, snapshot) per COMPLETE point."""
+    return {"variant": variant, "seed": seed, "stopped_early": 0,
+            "points": [{"t": t, "v": [acc, time], "snapshot": snap} for t, acc, time, snap in points]}
+
+
+def test_snapshots_hypervolume_is_the_dominated_fraction_of_the_reference_box():
+    from benchmarks import snapshots
+
+    directions = ["maximize", "minimize"]
+    assert snapshots.hypervolume([[1.0, 0.0]], (0.0, 10.0), directions) == pytest.approx(1.0)  # the ideal point
+    assert snapshots.hypervolume([[0.5, 5.0]], (0.0, 10.0), directions) == pytest.approx(0.25)
+    assert snapshots.hypervolume([[0.5, 5.0], [0.5, 6.0]], (0.0, 10.0), directions) == pytest.approx(0.25)
+    assert snapshots.hypervolume([[0.5, 11.0]], (0.0, 10.0), directions) == 0.0  # outside the box adds nothing
+
+
+def test_snapshots_marks_count_only_points_completed_by_then_and_plain_trials_set_the_reference():
+    from benchmarks import snapshots
+
+    plan = snapshots.parse_args(["--smoke", "--marks", "1,2", "--variants", "plain,snapshots", "--ref", "0,10"])
+    plain = _run("plain", [(30, 0.5, 5.0, False), (90, 0.6, 5.0, False), (100, 0.5, 1.0, False),
+                           (110, 0.9, 1.0, False)])
+    snaps = _run("snapshots", [(20, 0.5, 5.0, True), (50, 0.6, 5.0, False)])
+    summary = snapshots.summarize(plan, [plain, snaps], ["maximize", "minimize"])
+    assert summary["reference"] == pytest.approx(0.5)  # the first 3 plain trials: (0.6 x 5 + 0.5 x 9 - 0.5 x 5) / 10
+    assert summary["table"]["plain"]["mean"] == {1.0: pytest.approx(0.25), 2.0: pytest.approx(0.81)}
+    assert summary["table"]["snapshots"]["mean"] == {1.0: pytest.approx(0.3), 2.0: pytest.approx(0.3)}
+    assert summary["table"]["plain"]["reached_reference_s"] == [100]
+    assert summary["table"]["snapshots"]["reached_reference_s"] == [None]
+    assert (summary["table"]["snapshots"]["trials"], summary["table"]["snapshots"]["snapshot_points"]) == ([1], [1])
+
+
+@pytest.mark.slow
+@needs_real_fashion
+def test_snapshots_benchmark_smoke_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.snapshots", "--smoke", "--minutes", "0.4", "--marks",
+                           "0.2,0.4", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in res["runs"]] == [("plain", 0), ("snapshots", 0), ("moasha", 0)]
+    assert res["runs"][0]["extractions"] and not res["runs"][1]["extractions"]  # extracted once, before the clock
+    assert all(r["points"] for r in res["runs"]) and any(p["snapshot"] for p in res["runs"][1]["points"])
+    assert all(p["t"] > 0 for r in res["runs"] for p in r["points"])
+    assert "| plain | " in (tmp_path / "summary.md").read_text()
