@@ -538,25 +538,20 @@ def test_cli_run_and_confirm_a_snapshot(tmp_path):
 # ---------------------------------------------------------------- the measurement tool's pieces
 
 def test_benchmark_hypervolume_and_configs(tmp_path):
-    pytest.importorskip("moocore")
     from benchmarks import snapshots as bench
-    from search.config import load_config
 
-    ref = (0.7, 0.9, 600.0, 4096.0)
+    ref, directions = (0.7, 0.9, 600.0, 4096.0), ["maximize", "maximize", "minimize", "minimize"]
     box = 0.3 * 0.1 * 600 * 4096
-    assert bench.hypervolume([[0.8, 0.95, 100.0, 1500.0]], ref) == pytest.approx(0.1 * 0.05 * 500 * 2596 / box)
+    assert bench.hypervolume([[0.8, 0.95, 100.0, 1500.0]], ref, directions) == pytest.approx(
+        0.1 * 0.05 * 500 * 2596 / box)
     # A point outside the box adds nothing; a dominated one adds nothing either.
     assert bench.hypervolume([[0.8, 0.95, 100.0, 1500.0], [0.6, 0.99, 10.0, 100.0], [0.75, 0.91, 200.0, 2000.0]],
-                             ref) == pytest.approx(0.1 * 0.05 * 500 * 2596 / box)
-    c = bench.curve([{"t": 5.0, "v": [0.8, 0.95, 100.0, 1500.0]}, {"t": 50.0, "v": [0.9, 0.99, 50.0, 1500.0]}],
-                    ref, until=30.0)
-    assert [s for s, _ in c] == [0.0, 5.0] and bench.reached(c, c[-1][1]) == 5.0
-
+                             ref, directions) == pytest.approx(0.1 * 0.05 * 500 * 2596 / box)
     plan = bench.parse_args(["--smoke", "--out", str(tmp_path)])
+    base = bench.base_config(plan)
     for variant in bench.VARIANTS:
-        config = bench.variant_config(bench.base_config(plan), variant, 1, plan)
-        path = tmp_path / f"{variant}.toml"
-        path.write_text(bench.to_toml(config))
-        loaded = load_config(str(path))
-        assert loaded.model_copy(update={"name": config.name}) == config
-    assert loaded.run.epoch_snapshots and loaded.dataset.subset == 2000 and loaded.training.batch_size == 32
+        run = bench.variant_search(plan, base, variant, 1).config.run
+        assert run.timeout == 60 * plan.minutes and run.rungs == plan.rungs
+        assert (run.epoch_snapshots, run.early_stopping) == (variant != "plain", "moasha" if variant == "moasha"
+                                                             else "none")
+    assert base.dataset.subset == 2000 and base.training.batch_size == 32 and base.backbone.weights == "random"
