@@ -1,14 +1,12 @@
-"""Cached features vs the frozen backbone in the loop (issue 12 part 1), as two separate checks.
+"""Cached features vs the frozen backbone in the loop (issue 12 part 1): the speed-up per row.
 
-1. **Rates at scale** (``cached_rate``, ``loop_rate``, ``rates``): per-row training rate over *steady* epochs
+**Rates at scale** (``cached_rate``, ``loop_rate``, ``rates``): per-row training rate over *steady* epochs
    (every epoch but the first, which carries tracing and compilation).  Each side runs in its own child on the
    backend a user gets by default for it: the cached head on JAX (the trials' default), the backbone in the loop
    on TensorFlow (the extraction default, and the faster one for ResNet50 here).  Same head
    (``search.training.head.build_head``), batch 32, epochs timed by ``search.training.head.fit``'s per-epoch hook (a Keras
    callback's ``on_epoch_end``), so a steady epoch is end-of-epoch to end-of-epoch: everything an epoch costs.
-2. **Equivalence** (``equivalence``): on a small slice, in one child and one backend, the head trained on the
-   cached features and the same head trained with the backbone in the loop (same seed, same batches) give the
-   same predictions.  This says the cache is a pure speed-up; it says nothing about speed.
+That the two heads predict the same is a test (``tests/test_features.py``), not a benchmark.
 
 The arithmetic (``steady_epoch_s``, ``tracing_fraction``, ``summarize_rates``) is pure, for the tests.
 """
@@ -19,7 +17,6 @@ import time
 from typing import Any
 
 BATCH = 32
-SAME_PREDICTIONS = 0.99  # share of test images with the same predicted class that counts as "same predictions"
 
 
 # ---------------------------------------------------------------- arithmetic (pure)
@@ -62,6 +59,19 @@ def rates_line(r: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- child targets
+
+def resnet50_flops_per_image(backbone) -> float:
+    """Multiply-add FLOPs (2 per MAC) of every convolution of the backbone for one image; the rest is <1%."""
+    import keras
+
+    total = 0.0
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            _, h, w, cout = layer.output.shape
+            total += 2.0 * kh * kw * layer.input.shape[-1] * cout * h * w
+    return total
+
 
 def _params(epochs: int, units: int = 1024):
     from search.training import head
@@ -122,8 +132,6 @@ def loop_rate(spec: dict[str, Any], report) -> dict[str, Any]:
     report(stage="backbone in the loop", rows=len(x))
     epochs = _timed_fit(model, x, pooled.labels, p, spec["seed"])
     # After the timed part: the backbone's forward rate alone (what extraction is made of), warm, batch 256.
-    from benchmarks.extraction import resnet50_flops_per_image
-
     n_fwd = min(len(x), 1024)
     backbone.predict(x[:256], batch_size=256, verbose=0)
     t = time.perf_counter()
@@ -131,55 +139,6 @@ def loop_rate(spec: dict[str, Any], report) -> dict[str, Any]:
     return {"backend": keras.backend.backend(), "rows": int(len(x)), "epoch_s": epochs,
             "forward_images_per_s": n_fwd / (time.perf_counter() - t),
             "resnet50_flops_per_image": resnet50_flops_per_image(backbone)}
-
-
-def equivalence(spec: dict[str, Any], report) -> dict[str, Any]:
-    """Child target: cached head vs backbone-in-the-loop head on one small slice, one backend, one seed.
-
-    spec: cache_dir, key (the features of the ``subset`` slice), subset, split_ratio, epochs, seed.
-    Returns the share of test images with the same predicted class and the largest probability difference.
-    """
-    import keras
-    import numpy as np
-
-    from benchmarks.common import load_verified
-    from search.data import datasets
-    from search.features import backbones
-    from search.training import head
-    from search.trial import metrics
-
-    seed = spec["seed"]
-    pooled = datasets.load_pooled("fashion_mnist", spec.get("data_dir"), spec["subset"])
-    xf, y = load_verified(spec["cache_dir"], spec["key"])
-    if not np.array_equal(y, pooled.labels):
-        raise ValueError("the cache entry does not hold this slice")
-    tr, te = datasets.split_indices(y, spec["split_ratio"], seed)
-    p = _params(spec["epochs"], spec.get("units", 1024))
-
-    report(stage="cached")
-    cached = head.build_head(xf.shape[1], 10, p, seed)
-    head.fit(cached, np.asarray(xf[tr], np.float32), y[tr], p, seed)
-    p_cached, _ = head.predict(cached, np.asarray(xf[te], np.float32))
-
-    report(stage="backbone in the loop")
-    backbone = backbones.build_backbone(backbones.resolve_weights("random"))
-    full = head.full_model(backbone, head.build_head(xf.shape[1], 10, p, seed))
-    head.fit(full, backbones.to_backbone_input(pooled.images[tr], "unit"), y[tr], p, seed)
-    p_loop, _ = head.predict(full, backbones.to_backbone_input(pooled.images[te], "unit"), batch_size=256)
-
-    same = float(np.mean(p_cached.argmax(1) == p_loop.argmax(1)))
-    return {"backend": keras.backend.backend(), "n_train": int(len(tr)), "n_test": int(len(te)),
-            "epochs": p.epochs, "same_class_share": same, "max_abs_proba_diff": float(np.abs(p_cached - p_loop).max()),
-            "cached_accuracy": metrics.evaluate(y[te], p_cached, 10)["accuracy"],
-            "loop_accuracy": metrics.evaluate(y[te], p_loop, 10)["accuracy"]}
-
-
-def equivalence_line(e: dict[str, Any], min_same: float = SAME_PREDICTIONS) -> str:
-    ok = e["same_class_share"] >= min_same
-    return (f"{e['n_train']:,} training / {e['n_test']:,} test images, {e['epochs']} epoch(s), "
-            f"{e['backend']}: same predicted class for {e['same_class_share']:.1%} of test images, largest "
-            f"probability difference {e['max_abs_proba_diff']:.1e}, accuracy {e['cached_accuracy']:.4f} vs "
-            f"{e['loop_accuracy']:.4f}: {'same predictions' if ok else 'predictions DIFFER'}")
 
 
 # ---------------------------------------------------------------- the parent side

@@ -32,21 +32,6 @@ def require_bench(prog: str, *modules: str) -> None:
         raise SystemExit(e.exit_code) from None
 
 
-# ---------------------------------------------------------------- kept studies
-
-def kept_study(db: str, name: str | None = None):
-    """(study, URL) of a stored study, e.g. the studies.db of ``python -m benchmarks.study --keep DIR``:
-    ``db`` a SQLite path or a storage URL; ``name`` by default the only study there, else fmnist_reg-random."""
-    import optuna
-
-    from search.study import storage
-
-    url = db if "://" in db else f"sqlite:///{Path(db).resolve()}"
-    st = storage.open_existing(url)
-    names = optuna.get_all_study_names(st)
-    return storage.load_study(st, name or (names[0] if len(names) == 1 else "fmnist_reg-random")), url
-
-
 # ---------------------------------------------------------------- the machine
 
 def machine() -> dict[str, Any]:
@@ -60,7 +45,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         flags = []
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "avx512_bf16": "avx512_bf16" in flags,
             "load_avg_at_start": loadavg(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -169,12 +154,6 @@ class Cached:
     extraction: dict | None  # timings if this call built the entry, else None
 
 
-def no_study(folder: Path | str) -> str:
-    """The storage of a ``search.Search`` that only prepares and builds specs: its file is never created."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(folder) / 'no-study.db'}"
-
-
 def extraction_timing(x: dict[str, Any], events: list[tuple[float, dict]]) -> dict[str, Any]:
     """One of ``search.Search.extractions`` with its steady rate, from the progress ``events`` stamped with
     seconds: from the end of the first chunk (model built, graph traced) to the last; with one chunk, the
@@ -193,7 +172,9 @@ def extraction_timing(x: dict[str, Any], events: list[tuple[float, dict]]) -> di
 def unstored_search(config: Any, cache_dir: Path | str, **kwargs: Any) -> Any:
     """A ``search.Search`` of ``config`` over the feature cache in ``cache_dir`` that stores nothing: it prepares
     the caches and builds trial jobs (``kwargs``: Search's other arguments)."""
-    return search.Search(config, storage=no_study(cache_dir), cache_dir=Path(cache_dir), **kwargs)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)  # the storage's file is never created
+    return search.Search(config, storage=f"sqlite:///{Path(cache_dir) / 'no-study.db'}", cache_dir=Path(cache_dir),
+                         **kwargs)
 
 
 def timed_search(config: Any, cache_dir: Path | str, data_dir: Path | None = None) -> tuple[Any, list]:

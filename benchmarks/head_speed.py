@@ -1,25 +1,36 @@
-"""Head training speed: achieved GFLOP/s per batch size, Keras backend, thread setting and dtype policy."""
+"""Head training speed: achieved GFLOP/s per batch size, and the cost per row at several training-set sizes.
+
+``python -m benchmarks.head_speed [--rows 20000 42000 63000] [--epochs 4] [--backend jax]`` trains the
+fmnist_reg head (1024 units, batch 32) on the first N rows of all 70,000 random-weight Fashion-MNIST features,
+each size in its own fresh child, and prints the steady-epoch cost per row: whether it grows with the size of
+the training set (issue 24 part 4).  ``benchmarks.run`` uses ``sweep`` for its batch-size sweeps.
+"""
 
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import N_CLASSES, N_FEATURES, head_train_flops, load_verified
-from search.data import datasets
+from benchmarks.common import (N_CLASSES, N_FEATURES, child, ensure_features, head_train_flops, load_text,
+                               load_verified, load_warning, loadavg, machine)
+from search.features import feature_cache
 from search.training import head
-from search.trial import metrics
 
 
 def _features(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    if spec.get("key"):
-        x, y = load_verified(spec["cache_dir"], spec["key"])
-        return np.asarray(x, np.float32), y
-    rng = np.random.default_rng(0)  # tiny synthetic inputs (tests)
-    y = rng.integers(0, N_CLASSES, spec["n_rows"])
-    return rng.standard_normal((spec["n_rows"], N_FEATURES), dtype=np.float32) + y[:, None] * 0.1, y
+    """The first ``n_rows`` rows of a cache entry (repeated when it has fewer), or synthetic rows (tests)."""
+    n = spec["n_rows"]
+    if not spec.get("key"):
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, N_CLASSES, n)
+        return rng.standard_normal((n, N_FEATURES), dtype=np.float32) + y[:, None] * 0.1, y
+    x, y = load_verified(spec["cache_dir"], spec["key"])
+    reps = -(-n // len(x))  # throughput does not depend on the values
+    return np.ascontiguousarray(np.tile(x, (reps, 1))[:n], np.float32), np.tile(y, reps)[:n]
 
 
 def _fit(model, x, y, p: head.HeadParams, seed: int) -> list[float]:
@@ -30,48 +41,46 @@ def _fit(model, x, y, p: head.HeadParams, seed: int) -> list[float]:
 
 
 def sweep(spec: dict[str, Any], report) -> dict[str, Any]:
-    """Child target.  spec: cache_dir/key (or n_rows for synthetic), n_rows, units, batch_sizes, epochs,
-    policy ("float32" | "mixed_bfloat16"), intra_threads, accuracy (optional
-    {"batch_size", "epochs"}: train on a 0.8 split of the real rows and report test accuracy)."""
+    """Child target.  spec: cache_dir/key (or none: synthetic rows), n_rows, units, batch_sizes, epochs."""
     import keras
 
-    if keras.backend.backend() == "tensorflow" and spec.get("intra_threads"):
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(spec["intra_threads"])
-        tf.config.threading.set_inter_op_parallelism_threads(spec["intra_threads"])
-    keras.config.set_dtype_policy(spec.get("policy", "float32"))
     x, y = _features(spec)
-    n = spec["n_rows"]
-    if len(x) < n:  # throughput does not depend on the values: repeat rows up to n
-        reps = -(-n // len(x))
-        x, y = np.tile(x, (reps, 1))[:n], np.tile(y, reps)[:n]
-    else:
-        x, y = x[:n], y[:n]
-    units, epochs = spec["units"], spec["epochs"]
+    n, units = spec["n_rows"], spec["units"]
     rows = []
     for b in spec["batch_sizes"]:
         report(stage="batch", batch_size=b)
-        p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3, batch_size=b, epochs=epochs)
-        model = head.build_head(x.shape[1], N_CLASSES, p, seed=0)
-        ep = _fit(model, x, y, p, 0)
+        p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3, batch_size=b,
+                            epochs=spec["epochs"])
+        ep = _fit(head.build_head(x.shape[1], N_CLASSES, p, seed=0), x, y, p, 0)
         steady = min(ep[1:]) if len(ep) > 1 else ep[0]
         rows.append({"batch_size": b, "epoch_s": ep, "steady_epoch_s": steady,
+                     "ms_per_row": 1e3 * float(np.median(ep[1:] if len(ep) > 1 else ep)) / n,
                      "gflops": head_train_flops(n, units) / steady / 1e9})
-    out: dict[str, Any] = {"backend": keras.backend.backend(), "policy": spec.get("policy", "float32"),
-                           "n_rows": n, "units": units, "rows": rows}
-    acc = spec.get("accuracy")
-    if acc:
-        xa, ya = _features(spec)
-        xa, ya = xa[:acc.get("rows", len(xa))], ya[:acc.get("rows", len(ya))]
-        tr, te = datasets.split_indices(ya, 0.8, 0)
-        p = head.HeadParams(units=units, dropout=0.5, l1=0.0, l2=0.0, learning_rate=1e-3,
-                            batch_size=acc["batch_size"], epochs=acc["epochs"])
-        x = np.asarray(xa[tr], np.float32)
-        model = head.build_head(x.shape[1], N_CLASSES, p, 0)
-        fit = head.fit(model, x, ya[tr], p, 0)
-        fit_s = fit.train_time_s
-        proba, _ = head.predict(model, np.asarray(xa[te], np.float32))
-        out["accuracy"] = {**acc, "n_train": int(len(tr)), "fit_s": fit_s,
-                           "accuracy": metrics.evaluate(ya[te], proba, N_CLASSES)["accuracy"]}
-    return out
+    return {"backend": keras.backend.backend(), "n_rows": n, "units": units, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.head_speed", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, nargs="+", default=[20000, 42000, 63000], help="training-set sizes")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per size (the first is left out of the cost)")
+    p.add_argument("--backend", default="jax", choices=["jax", "tensorflow", "torch"])
+    p.add_argument("--cache-dir", type=Path, default=feature_cache.default_cache_dir(),
+                   help="feature cache (random-weight features of all 70,000 images are built there if missing)")
+    a = p.parse_args(argv)
+    m = machine()
+    print(f"{m['cpu']}, {m['cores']} cores, {m['date']}; load average {load_text(m['load_avg_at_start'])} at start")
+    if warn := load_warning(m["load_avg_at_start"]):
+        print(warn)
+    cached = ensure_features(a.cache_dir, 0)
+    print("| rows | backend | epoch s | median steady epoch, ms per row | load after |\n|---|---|---|---|---|")
+    for n in a.rows:
+        spec = {"cache_dir": cached.cache_dir, "key": cached.key, "n_rows": n, "units": 1024, "batch_sizes": [32],
+                "epochs": a.epochs}
+        r = child("benchmarks.head_speed:sweep", spec, backend=a.backend).result["rows"][0]
+        print(f"| {n:,} | {a.backend} | {', '.join(f'{s:.2f}' for s in r['epoch_s'])} | {r['ms_per_row']:.4f} | "
+              f"{load_text(loadavg())} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 from typing import Any
 
 MEASURES = ("train_time_s", "eval_time_s", "test_time_s")
@@ -22,10 +23,12 @@ def trials(url: str, name: str | None) -> dict[int, dict[str, Any]]:
     """Number -> parameters and times of every COMPLETE trial that is not an epoch snapshot."""
     import optuna
 
-    from benchmarks.common import kept_study
+    from search.study import storage
     from search.study.snapshots import is_snapshot
 
-    study, _ = kept_study(url, name)
+    st = storage.open_existing(url if "://" in url else f"sqlite:///{Path(url).resolve()}")
+    names = optuna.get_all_study_names(st)
+    study = storage.load_study(st, name or (names[0] if len(names) == 1 else "fmnist_reg-random"))
     out = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if is_snapshot(t):

@@ -81,10 +81,8 @@ class Sampler(threading.Thread):
         self.max_single_at = 0.0  # seconds into the run
         self.max_tree_mb = 0.0
         self.max_tree_processes = 0
-        self.max_processes = 0
         self.max_load = [0.0, 0.0, 0.0]
         self.samples = 0
-        self.timeline: list[list[float]] = []  # [seconds, tree MB, largest process MB, load 1 min] every ~10 s
 
     def run(self) -> None:
         start = time.monotonic()
@@ -112,10 +110,7 @@ class Sampler(threading.Thread):
             self.max_single_mb, self.max_single_what, self.max_single_at = largest, what, elapsed
         if total > self.max_tree_mb:
             self.max_tree_mb, self.max_tree_processes = total, len(procs)
-        self.max_processes = max(self.max_processes, len(procs))
         self.max_load = [max(a, b) for a, b in zip(self.max_load, loadavg())]
-        if self.samples % max(1, round(10 / self.interval)) == 0:
-            self.timeline.append([round(elapsed, 1), round(total), round(largest), loadavg()[0]])
         self.samples += 1
 
 
@@ -164,10 +159,8 @@ def run(study: str, n_trials: int, workers: int, workdir: Path) -> dict[str, Any
     res["extraction_s"] = extraction_seconds(text)
     res["memory"] = {"max_process_mb": sampler.max_single_mb, "max_process_is": sampler.max_single_what,
                      "max_tree_mb": sampler.max_tree_mb, "processes_at_tree_max": sampler.max_tree_processes,
-                     "max_processes": sampler.max_processes, "samples": sampler.samples,
-                     "sample_interval_s": SAMPLE_S}
+                     "samples": sampler.samples, "sample_interval_s": SAMPLE_S}
     res["load_avg_max"] = sampler.max_load
-    res["timeline"] = sampler.timeline
     res["trials"] = trial_figures(storage, started)
     what = sampler.max_single_what
     if what == "child":  # the extraction runs before the first trial starts

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 import search
 from benchmarks.common import child, load_text, load_warning, loadavg, unstored_search
@@ -34,29 +33,20 @@ def fmnist_reg_spec(cache_dir: str | Path, subset: int, epochs: int, split_ratio
     return s.trial_spec(chosen).as_dict()
 
 
-def metric(result: dict[str, Any], name: str) -> float | None:
-    """A quality metric of the trial's evaluation split: ``test_<name>`` (named by split) or ``<name>`` (older)."""
-    return result.get(f"test_{name}", result.get(name))
-
-
 # ---------------------------------------------------------------- the breakdown (pure)
 
 def breakdown(t0: float, t_end: float, events: list[dict[str, Any]], stamps: dict[str, Any],
-              train_time_s: float, tf_import_s: float | None = None) -> dict[str, Any]:
+              train_time_s: float) -> dict[str, Any]:
     """Where one trial's wall time went, from the parent's clock (``t0`` before the child starts, ``t_end``
     after it was reaped), the child's stamped progress events and the stamps of ``trial_child.timed_trial``.
 
-    Returns {"parts": [{"part", "s", "where"}...], "wall_s", "fit_s", "outside_fit_s", "epoch_s"}; ``wall_s``
-    is the trial process as in production (the benchmark's own measurements after the trial are taken out);
-    pictures are listed apart when the coordinator, not the trial process, draws them.  ``tf_import_s``: the
-    time of a TensorFlow import the trial did inside its training window (timed in another process), shown
-    apart from tracing.
+    Returns {"parts": [{"part", "s"}...], "wall_s", "fit_s", "outside_fit_s", "epoch_s"}; ``wall_s`` is the
+    trial process as in production.
     """
-    after = stamps.get("load_split_s", 0.0) + (stamps.get("pictures_s") or 0.0)  # benchmark-only, after the trial
     parts: list[dict[str, Any]] = []
 
-    def add(part: str, s: float, where: str = "trial process") -> None:
-        parts.append({"part": part, "s": max(0.0, s), "where": where})
+    def add(part: str, s: float) -> None:
+        parts.append({"part": part, "s": max(0.0, s)})
 
     add("process start: fork, exec, interpreter, search.isolate, reading the job", stamps["module"] - t0)
     add("imports: search.trial.child, scikit-learn", stamps["imports_search"] - stamps["module"])
@@ -70,51 +60,40 @@ def breakdown(t0: float, t_end: float, events: list[dict[str, Any]], stamps: dic
     marks = [e["t"] for e in timed if e.get("stage") == "training"]
     epoch_s = [b - a for a, b in zip(marks, marks[1:])]
     fit_s = marks[-1] - marks[0] if marks else 0.0
-    tf_s = min(tf_import_s or 0.0, epoch_s[0]) if epoch_s else 0.0
 
     def add_training() -> None:
-        if tf_s:
-            add("TensorFlow import by keras.utils.set_random_seed (timed in another process)", tf_s)
         if len(epoch_s) >= 2:
             steady = sum(epoch_s[1:]) / (len(epoch_s) - 1)
-            add("model build, tracing/compile (first epoch - steady epoch" + (" - that import)" if tf_s else ")"),
-                epoch_s[0] - steady - tf_s)
+            add("model build, tracing/compile (first epoch - steady epoch)", epoch_s[0] - steady)
             add(f"fit, steady part ({len(epoch_s)} epochs x {steady:.2f} s)", fit_s - max(0.0, epoch_s[0] - steady))
         elif epoch_s:
-            add("fit (1 epoch, tracing included)", fit_s - tf_s)
+            add("fit (1 epoch, tracing included)", fit_s)
 
     for e, end in zip(timed, ends):
         stage, s = e.get("stage", ""), end - e["t"]
         if stage == "training":
             if e["t"] == marks[0]:
                 add_training()
-        elif stage == "loading features":
-            warm = min(stamps.get("load_split_s", 0.0), s)
-            add("loading features, splitting (timed again after the trial, warm)", warm)
-            add("copying rows out of the memory map (rest of that window)", s - warm)
         elif stage == "evaluating":
             add("evaluation (predict, metrics)", s)
         else:
             add(stage, s)
-    pic = stamps.get("pictures_s")
-    if pic is not None:
-        add("pictures (drawn by the coordinator today; timed in the trial process after it)", pic, "coordinator")
-    add("result to the parent, process exit", t_end - stamps["trial_end"] - after)
-    in_process = sum(p["s"] for p in parts if p["where"] == "trial process")
+    add("result to the parent, process exit", t_end - stamps["trial_end"])
+    wall = sum(p["s"] for p in parts)
     # Outside fit = everything but the training window (model build and tracing are inside it, listed above).
-    return {"parts": parts, "wall_s": in_process, "fit_s": fit_s, "train_time_s": train_time_s,
-            "outside_fit_s": in_process + (pic or 0.0) - fit_s, "epoch_s": epoch_s}
+    return {"parts": parts, "wall_s": wall, "fit_s": fit_s, "train_time_s": train_time_s,
+            "outside_fit_s": wall - fit_s, "epoch_s": epoch_s}
 
 
 def breakdown_table(b: dict[str, Any]) -> str:
-    total = b["wall_s"] + sum(p["s"] for p in b["parts"] if p["where"] != "trial process")
-    lines = ["| part | where | s | share |", "|---|---|---|---|"]
-    lines += [f"| {p['part']} | {p['where']} | {p['s']:.2f} | {p['s'] / total:.1%} |" for p in b["parts"]]
-    lines += [f"| **trial process wall** | trial process | {b['wall_s']:.2f} | |",
-              f"| **fit** (model build, first epoch with tracing, steady epochs) | trial process | {b['fit_s']:.2f} | "
+    total = b["wall_s"]
+    lines = ["| part | s | share |", "|---|---|---|"]
+    lines += [f"| {p['part']} | {p['s']:.2f} | {p['s'] / total:.1%} |" for p in b["parts"]]
+    lines += [f"| **trial process wall** | {b['wall_s']:.2f} | |",
+              f"| **fit** (model build, first epoch with tracing, steady epochs) | {b['fit_s']:.2f} | "
               f"{b['fit_s'] / total:.1%} |",
-              f"| **outside fit** (everything else, pictures included) | | "
-              f"{b['outside_fit_s']:.2f} | {b['outside_fit_s'] / total:.1%} |"]
+              f"| **outside fit** (everything else, pictures included) | {b['outside_fit_s']:.2f} | "
+              f"{b['outside_fit_s'] / total:.1%} |"]
     return "\n".join(lines)
 
 
@@ -122,38 +101,15 @@ def breakdown_table(b: dict[str, Any]) -> str:
 
 def run(spec: dict[str, Any], backend: str = "jax", env: dict[str, str] | None = None) -> dict[str, Any]:
     """One trial in a fresh child on ``backend``; its figures and the breakdown of its wall time."""
-    from search.config.choices import DATASETS
-
     load_before = loadavg()
     t0 = time.time()
-    t = child("benchmarks.trial_child:timed_trial", {"trial": spec, "class_names": list(DATASETS["fashion_mnist"].class_names)},
-              backend=backend, env=env)
+    t = child("benchmarks.trial_child:timed_trial", {"trial": spec}, backend=backend, env=env)
     t_end = time.time()
     r, stamps = t.result["result"], t.result["stamps"]
-    tf_s = tensorflow_import_s({"KERAS_BACKEND": backend, **(env or {})}) if stamps.get("tensorflow_imported") else None
-    b = breakdown(t0, t_end, [e for _, e in t.events], stamps, r["train_time_s"], tf_s)
-    epochs = b["epoch_s"]
-    steady = float(np.mean(epochs[1:])) if len(epochs) > 1 else epochs[0]
-    return {"backend": backend, "epochs": len(epochs), "n_train": r["n_train"], "wall_s": b["wall_s"],
-            "train_time_s": r["train_time_s"], "test_time_s": r["test_time_s"], "epoch_s": epochs,
-            "first_epoch_s": epochs[0], "steady_epoch_s": steady, "non_training_s": b["wall_s"] - r["train_time_s"],
-            "peak_memory_mb": t.peak_memory_mb, "accuracy": metric(r, "accuracy"), "roc_auc": metric(r, "roc_auc"),
-            "breakdown": b, "tensorflow_imported": bool(stamps.get("tensorflow_imported")),
-            "load_avg_before": load_before, "load_avg_after": loadavg()}
-
-
-def tensorflow_import_s(env: dict[str, str] | None = None) -> float:
-    """Seconds to import TensorFlow in a fresh process that has Keras loaded (what a trial pays for it)."""
-    import os
-    import subprocess
-    import sys
-
-    # Keras and its backend first, as in the trial: only TensorFlow's own share is timed.
-    code = ("import time, keras; keras.ops.zeros((1,)); t = time.perf_counter(); import tensorflow; "
-            "print(time.perf_counter() - t)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
-    return float(out.stdout.strip().splitlines()[-1])
+    b = breakdown(t0, t_end, [e for _, e in t.events], stamps, r["train_time_s"])
+    return {"backend": backend, "epochs": len(b["epoch_s"]), "n_train": r["n_train"], "wall_s": b["wall_s"],
+            "train_time_s": r["train_time_s"], "peak_memory_mb": t.peak_memory_mb, "accuracy": r["test_accuracy"],
+            "breakdown": b, "load_avg_before": load_before, "load_avg_after": loadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:

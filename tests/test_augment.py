@@ -406,31 +406,3 @@ def test_views_and_online_trials_complete_through_the_cli(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
     assert "FAILED" not in c.stderr
-
-
-# ---------------------------------------------------------------- the views-vs-online benchmark's pieces
-
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # scipy on a zero spread
-def test_benchmark_arms_and_table():
-    from benchmarks import augmentation as bench
-    from search.config import load_config
-
-    base = load_config(bench.BASE_STUDY, ROOT / "study_configs")
-    c = bench.arm_config(base, "views", 8, 5, 5000, "random")
-    assert (c.augmentation.mode, c.augmentation.views, c.training.epochs, c.dataset.subset) == ("views", 8, 5, 5000)
-    assert (c.balance.mode, c.head.dropout, c.backbone.weights, c.arms) == ("balanced", 0.0, "random", {})
-    runs = [{"arm": arm, "seed": s, "test_accuracy": acc + 0.01 * s, "test_roc_auc": 0.9, "train_time_s": 1.0,
-             "peak_memory_mb": 500.0, "keras_backend": "jax"}
-            for arm, acc in (("views V=1", 0.70), ("online", 0.72)) for s in range(3)]
-    res = {"settings": {"n_images": 5000, "base": "fmnist_balance:balanced", "epochs": 5, "seeds": 3,
-                        "weights": "random(seed=0)"},
-           "machine": {"cores": 2, "cpu": "x", "date": "d", "load_avg_at_start": [0.1, 0.2, 0.3],
-                       "load_avg_at_end": [1.9, 1.0, 0.5]}, "runs": runs,
-           "extraction": {"plain": None, "views V=1": {"n": 5000, "wall_s": 13.0, "images_per_s": 390.0,
-                                                       "steady": True, "peak_memory_mb": 1000.0, "size_mb": 39.0}}}
-    md = bench.markdown(res, "python -m benchmarks.augmentation")
-    assert md.startswith("`python -m benchmarks.augmentation`")
-    assert "load average 0.10/0.20/0.30 at start, 1.90/1.00/0.50 at end" in md  # every figure with its load
-    assert "| views V=1 (jax) | 0.710 [0.685, 0.735] | -0.020 [-0.020, -0.020] |" in md
-    assert "| online (jax) | 0.730 [0.705, 0.755] |  |" in md
-    assert "| plain | cached before this run: not measured |" in md and "| views V=1 | 5,000 | 13.0 | 390 |" in md

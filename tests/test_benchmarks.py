@@ -83,9 +83,6 @@ def _recorded_run(rates: dict | None = None) -> dict:
     sweep = lambda name: {"name": name, "n_rows": 8192, "rows": [  # noqa: E731
         {"batch_size": 32, "steady_epoch_s": 1.0, "gflops": 20.0},
         {"batch_size": 256, "steady_epoch_s": 0.2, "gflops": 90.0}]}
-    t = {"backend": "jax", "epochs": 3, "n_train": 56000, "wall_s": 100.0, "train_time_s": 90.0,
-         "test_time_s": 1.0, "epoch_s": [32.0, 29.0, 29.0], "first_epoch_s": 32.0, "steady_epoch_s": 29.0,
-         "non_training_s": 10.0, "peak_memory_mb": 1500.0, "accuracy": 0.8, "roc_auc": 0.97}
     return {"plan": "quick", "plan_settings": {"trial_subset": 0}, "command": "python -m benchmarks.run --quick",
             "weights": "random", "wall_s": 400.0,
             "machine": {"cpu": "AMD EPYC", "cores": 2, "date": "2026-11-29 09:04 UTC",
@@ -93,13 +90,10 @@ def _recorded_run(rates: dict | None = None) -> dict:
             "limit": {"matmul_gflops": 150.0, "matmul_4096_gflops_start": 150.0, "matmul_4096_gflops_end": 140.0,
                       "gemm_head_shape_gflops": {32: 10.0}},
             "cache_vs_full": rates,
-            "equivalence": {"backend": "tensorflow", "n_train": 1000, "n_test": 1000, "epochs": 1,
-                            "same_class_share": 1.0, "max_abs_proba_diff": 0.0, "cached_accuracy": 0.359,
-                            "loop_accuracy": 0.359},
             "extraction": {"n_images": 2000, "wall_s": 15.0, "steady": False, "images_per_s": 133.0, "gflops": 21.0,
                            "share_of_matmul": 0.11, "flops_per_image": 1.57e8, "peak_memory_mb": 1091.0,
                            "forward_images_per_s": 446.0, "forward_gflops": 70.2},
-            "head_sweeps": [sweep("tensorflow"), sweep("jax")], "trials": [t], "trial_n_images": 70000}
+            "head_sweeps": [sweep("tensorflow"), sweep("jax")]}
 
 
 def test_targets_and_markdown_from_a_recorded_run():
@@ -107,25 +101,22 @@ def test_targets_and_markdown_from_a_recorded_run():
     res["targets"] = ts = targets(res)
     met = {t["target"]: t["met"] for t in ts}
     assert met["cached head >= 10x faster per row than backbone in the loop (steady epochs, batch 32)"] is True
-    assert met["cached head and backbone-in-the-loop head give the same predictions (small slice)"] is True
     assert met["head training >= 50% of numpy matmul at best batch (tensorflow)"] is True  # 90 / 150
     # The study is measured end to end by benchmarks.study, never extrapolated into a verdict here.
     assert next(t for t in ts if t["target"].startswith("30-trial"))["met"] is None
     md = markdown(res)
-    assert "**Cache vs backbone in the loop, at scale**" in md and "**Equivalence check**" in md
+    assert "**Cache vs backbone in the loop, at scale**" in md
     assert "| cached features | jax | 42,000 |" in md and "| frozen ResNet50 in the loop | tensorflow | 6,000 |" in md
     assert "(under 10%)" in md and "0.10/0.20/0.30 / 1.10/0.50/0.40" in md  # tracing share and load with the figure
+    assert "| jax | 8192 | 256 | 0.20 | 90.0 | 60% |" in md
 
 
 @pytest.mark.slow  # 6 s of real training; the sweep on a cache entry below stays in the fast suite
 def test_head_sweep_on_tiny_synthetic_features():
-    spec = {"n_rows": 256, "units": 16, "batch_sizes": [32, 128], "epochs": 2,
-            "accuracy": {"batch_size": 64, "epochs": 1}}
-    t = child("benchmarks.head_speed:sweep", spec)
-    rows = t.result["rows"]
+    spec = {"n_rows": 256, "units": 16, "batch_sizes": [32, 128], "epochs": 2}
+    rows = child("benchmarks.head_speed:sweep", spec).result["rows"]
     assert [r["batch_size"] for r in rows] == [32, 128]
-    assert all(len(r["epoch_s"]) == 2 for r in rows)
-    assert 0 <= t.result["accuracy"]["accuracy"] <= 1
+    assert all(len(r["epoch_s"]) == 2 and r["ms_per_row"] > 0 for r in rows)
 
 
 def test_head_sweep_reads_every_row_of_a_feature_cache_entry(tmp_path):
@@ -142,8 +133,9 @@ def test_head_sweep_reads_every_row_of_a_feature_cache_entry(tmp_path):
     feature_cache.ensure_cached(tmp_path, "k", build)
     got_x, got_y = load_verified(tmp_path, "k")
     assert np.array_equal(got_x, x) and np.array_equal(got_y, y)
-    spec = {"cache_dir": str(tmp_path), "key": "k", "n_rows": 300, "units": 16, "batch_sizes": [32], "epochs": 1}
-    assert [r["batch_size"] for r in child("benchmarks.head_speed:sweep", spec).result["rows"]] == [32]
+    spec = {"cache_dir": str(tmp_path), "key": "k", "n_rows": 450, "units": 16, "batch_sizes": [32], "epochs": 1}
+    out = child("benchmarks.head_speed:sweep", spec).result  # 450 rows: the entry's 300, then repeated
+    assert out["n_rows"] == 450 and [r["batch_size"] for r in out["rows"]] == [32]
 
 
 # ---------------------------------------------------------------- benchmarks.trial: the breakdown
@@ -151,49 +143,29 @@ def test_head_sweep_reads_every_row_of_a_feature_cache_entry(tmp_path):
 def _stamped_trial():
     """A trial's stamped events (seconds after t0 = 100): imports, loading, 3 epochs, evaluation."""
     events = [{"stage": "loading features", "t": 104.0},
+              {"stage": "copying rows", "t": 104.25},
               {"stage": "training", "epoch": 0, "epochs": 3, "t": 105.0},
               {"stage": "training", "epoch": 1, "t": 118.0},   # first epoch 13 s
               {"stage": "training", "epoch": 2, "t": 128.0},   # steady 10 s
               {"stage": "training", "epoch": 3, "t": 138.0},
               {"stage": "evaluating", "t": 138.0}]
-    stamps = {"module": 100.5, "imports_search": 101.5, "imports_keras": 104.0, "trial_end": 140.0,
-              "load_split_s": 0.25, "pictures_s": 2.0, "tensorflow_imported": True}
+    stamps = {"module": 100.5, "imports_search": 101.5, "imports_keras": 104.0, "trial_end": 140.0}
     return events, stamps
 
 
-def test_breakdown_adds_up_to_the_wall_time_and_separates_tracing_copy_and_pictures():
+def test_breakdown_adds_up_to_the_wall_time_and_separates_tracing_from_fit():
     events, stamps = _stamped_trial()
-    # parent: t0 = 100, reaped at 143.25 (2.25 s of the benchmark's own re-measure and pictures after the trial)
-    b = btrial.breakdown(100.0, 143.25, events, stamps, train_time_s=32.5, tf_import_s=1.5)
+    events.append({"stage": "drawing pictures", "t": 139.0})
+    b = btrial.breakdown(100.0, 141.0, events, stamps, train_time_s=32.5)  # parent: t0 = 100, reaped at 141
     parts = {p["part"].split(" (")[0]: p["s"] for p in b["parts"]}
     assert b["epoch_s"] == [13.0, 10.0, 10.0] and b["fit_s"] == 33.0
     assert parts["process start: fork, exec, interpreter, search.isolate, reading the job"] == 0.5
-    assert parts["loading features, splitting"] == 0.25
-    assert parts["copying rows out of the memory map"] == 0.75
-    assert parts["TensorFlow import by keras.utils.set_random_seed"] == 1.5
-    assert parts["model build, tracing/compile"] == pytest.approx(1.5)  # 13 - 10 - 1.5
-    assert parts["evaluation"] == 2.0 and parts["result to the parent, process exit"] == pytest.approx(1.0)
-    # The trial process's wall excludes what the benchmark measured after it; pictures are the coordinator's today.
-    assert b["wall_s"] == pytest.approx(41.0)
-    assert next(p for p in b["parts"] if p["part"].startswith("pictures"))["where"] == "coordinator"
-    assert b["outside_fit_s"] == pytest.approx(41.0 + 2.0 - 33.0)
+    assert parts["loading features"] == 0.25 and parts["copying rows"] == 0.75
+    assert parts["model build, tracing/compile"] == pytest.approx(3.0)  # first epoch 13 - steady 10
+    assert parts["evaluation"] == 1.0 and parts["drawing pictures"] == 1.0
+    assert parts["result to the parent, process exit"] == pytest.approx(1.0)
+    assert b["wall_s"] == pytest.approx(41.0) and b["outside_fit_s"] == pytest.approx(41.0 - 33.0)
     assert "| **outside fit**" in btrial.breakdown_table(b)
-
-
-def test_breakdown_uses_a_pictures_stage_the_trial_reports():
-    events, stamps = _stamped_trial()
-    events.append({"stage": "drawing pictures", "t": 139.0})
-    del stamps["pictures_s"]
-    stamps["tensorflow_imported"] = False
-    b = btrial.breakdown(100.0, 141.25, events, stamps, train_time_s=32.5)
-    parts = {p["part"]: p for p in b["parts"]}
-    assert parts["drawing pictures"]["s"] == 1.0 and parts["drawing pictures"]["where"] == "trial process"
-    assert parts["evaluation (predict, metrics)"]["s"] == 1.0
-
-
-def test_metric_reads_split_prefixed_names_first():
-    assert btrial.metric({"test_accuracy": 0.8, "accuracy": 0.7}, "accuracy") == 0.8
-    assert btrial.metric({"accuracy": 0.7}, "accuracy") == 0.7
 
 
 # ---------------------------------------------------------------- benchmarks.study: figures and RESULTS.md

@@ -107,7 +107,15 @@ def summary_md(d: StudyData, files: dict[str, Path], notes: dict[str, str], capt
     was not drawn; ``captions``: extra words per figure (e.g. the hypervolume's reference point);
     ``paper``: ``paper.compare``'s result; ``repeats``: ``repeats.markdown``'s lines.
     """
-    from search.report.paper import AGREE_TOLERANCE
+    lines = _head_lines(d) + _best_lines(d) + _figure_lines(d, files, notes, captions)
+    lines += _file_lines(files) + (repeats or [])
+    if paper is not None or paper_note:
+        lines += _paper_lines(d, files, paper, paper_note)
+    return "\n".join(lines) + "\n"
+
+
+def _head_lines(d: StudyData) -> list[str]:
+    """Title, warnings, description, the study's settings, where its pictures are, and the Pareto set."""
     from search.study.artifacts import ARTIFACT_DIR_ATTR
 
     lines = [f"# Study `{d.name}`", ""]
@@ -121,20 +129,26 @@ def summary_md(d: StudyData, files: dict[str, Path], notes: dict[str, str], capt
         lines.append(f"- per-trial confusion matrices and per-class recall: Optuna artifacts in `{art}` "
                      f"(see them with `python -m search.dashboard`)")
     lines += ["", "## Pareto set", ""]
-    if d.pareto:
-        lines.append(md_table(*pareto_cells(d)))
-    else:
-        lines.append("No COMPLETE trials yet.")
-    if d.complete:
-        lines += ["", "## Best trial per objective", "", "Among the trials within their constraints.", ""]
-        best = []
-        candidates = d.feasible or d.complete
-        for i, (m, dirn) in enumerate(zip(d.objective_names, d.directions)):
-            pick = max if dirn == "maximize" else min
-            t = pick(candidates, key=lambda t: t.values[i])
-            best.append([m, dirn, t.values[i], t.number])
-        lines.append(md_table(["objective", "direction", "best value", "trial"], best))
-    lines += ["", "## Figures", "", f"Every figure: {d.context}.", ""]
+    lines.append(md_table(*pareto_cells(d)) if d.pareto else "No COMPLETE trials yet.")
+    return lines
+
+
+def _best_lines(d: StudyData) -> list[str]:
+    if not d.complete:
+        return []
+    best = []
+    candidates = d.feasible or d.complete
+    for i, (m, dirn) in enumerate(zip(d.objective_names, d.directions)):
+        pick = max if dirn == "maximize" else min
+        t = pick(candidates, key=lambda t: t.values[i])
+        best.append([m, dirn, t.values[i], t.number])
+    return ["", "## Best trial per objective", "", "Among the trials within their constraints.", "",
+            md_table(["objective", "direction", "best value", "trial"], best)]
+
+
+def _figure_lines(d: StudyData, files: dict[str, Path], notes: dict[str, str], captions: dict[str, str]
+                  ) -> list[str]:
+    lines = ["", "## Figures", "", f"Every figure: {d.context}.", ""]
     for key, caption in CAPTIONS.items():
         heading = f"### {key.replace('_', ' ')}"
         if key in files:
@@ -142,37 +156,46 @@ def summary_md(d: StudyData, files: dict[str, Path], notes: dict[str, str], capt
             lines += [heading, "", text, "", f"![{key}]({files[key].name})", ""]
         elif key in notes:
             lines += [heading, "", f"Not drawn: {notes[key]}.", ""]
-    lines += ["## Files", "", f"- [trials.csv]({files['trials_csv'].name}): every trial",
-              f"- [pareto.csv]({files['pareto_csv'].name}): the Pareto set"]
+    return lines
+
+
+def _file_lines(files: dict[str, Path]) -> list[str]:
+    lines = ["## Files", "", f"- [trials.csv]({files['trials_csv'].name}): every trial",
+             f"- [pareto.csv]({files['pareto_csv'].name}): the Pareto set"]
     if "paper_csv" in files:
         lines.append(f"- [paper_comparison.csv]({files['paper_csv'].name}): the paper comparison")
     if "repeats_csv" in files:
         lines.append(f"- [repeats.csv]({files['repeats_csv'].name}): the confirmed trials, per seed summary")
-    lines += repeats or []
-    if paper is not None or paper_note:
-        lines += ["", "## Comparison with the paper", ""]
-        if d.weights_warning:
-            lines += [f"> **{d.weights_warning}**", ""]
-        if paper_note:
-            lines.append(paper_note)
-        if paper is not None:
-            rows, trends = paper
-            lines += ["Ours: the mean over the study's COMPLETE trials that match the paper's setting (n), "
-                      "measured on the held-out test split as the paper; \"ours measured as\" names the trial "
-                      "attribute and, for the AUCs, its flavour. Difference = ours - paper; quality metrics "
-                      f"within {AGREE_TOLERANCE} count as agreement. Times and memory were measured on other "
-                      "hardware and, here, with cached backbone features, so only their ratio is shown. "
-                      "A note says where the paper contradicts itself on that number.", "",
-                      md_table([c for c in ("table", "setting", "metric", "ours measured as", "paper", "ours", "n",
-                                            "difference", "verdict", "note")],
-                               [[r.table, r.setting, r.metric, r.measured_as, r.paper, r.ours, r.n, r.diff,
-                                 r.verdict, r.note] for r in rows])]
-            if trends:
-                lines += ["", "Trends:", ""] + [f"- {t}" for t in trends]
-            agree = sum(r.verdict == "agrees" for r in rows)
-            measured = sum(r.ours is not None and r.kind == "quality" for r in rows)
-            lines += ["", f"{agree} of {measured} measured quality values agree with the paper within "
-                          f"{AGREE_TOLERANCE}."]
-            if "paper_comparison" in files:
-                lines += ["", f"![paper_comparison]({files['paper_comparison'].name})"]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _paper_lines(d: StudyData, files: dict[str, Path], paper: tuple[list[Any], list[str]] | None,
+                 paper_note: str) -> list[str]:
+    from search.report.paper import AGREE_TOLERANCE
+
+    lines = ["", "## Comparison with the paper", ""]
+    if d.weights_warning:
+        lines += [f"> **{d.weights_warning}**", ""]
+    if paper_note:
+        lines.append(paper_note)
+    if paper is None:
+        return lines
+    rows, trends = paper
+    lines += ["Ours: the mean over the study's COMPLETE trials that match the paper's setting (n), "
+              "measured on the held-out test split as the paper; \"ours measured as\" names the trial "
+              "attribute and, for the AUCs, its flavour. Difference = ours - paper; quality metrics "
+              f"within {AGREE_TOLERANCE} count as agreement. Times and memory were measured on other "
+              "hardware and, here, with cached backbone features, so only their ratio is shown. "
+              "A note says where the paper contradicts itself on that number.", "",
+              md_table(["table", "setting", "metric", "ours measured as", "paper", "ours", "n", "difference",
+                        "verdict", "note"],
+                       [[r.table, r.setting, r.metric, r.measured_as, r.paper, r.ours, r.n, r.diff,
+                         r.verdict, r.note] for r in rows])]
+    if trends:
+        lines += ["", "Trends:", ""] + [f"- {t}" for t in trends]
+    agree = sum(r.verdict == "agrees" for r in rows)
+    measured = sum(r.ours is not None and r.kind == "quality" for r in rows)
+    lines += ["", f"{agree} of {measured} measured quality values agree with the paper within {AGREE_TOLERANCE}."]
+    if "paper_comparison" in files:
+        lines += ["", f"![paper_comparison]({files['paper_comparison'].name})"]
+    return lines
