@@ -75,3 +75,26 @@ def whoami(spec, report):
     report(stage="done training", spare=True)
     time.sleep(spec.get("linger_s", 0.0))
     return {"pid": os.getpid(), "warmed_at": WARMED.get("at"), "began": began}
+
+
+def head_in_stages(spec, report):
+    """Train the test head up to ``spec["epochs"]``; from ``spec["resume"]`` (a checkpoint file) if given, and
+    stopping at ``spec["pause"]`` with a checkpoint written to ``spec["save"]`` if given.  Returns the weights."""
+    from pathlib import Path
+
+    from search.training import head
+
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 5
+    x = (rng.normal(size=(5, 12))[y] * 2 + rng.normal(size=(600, 12))).astype(np.float32)
+    p = head.HeadParams(units=16, dropout=0.5, l1=0.0, l2=1e-4, learning_rate=3e-3, batch_size=16,
+                        epochs=spec["epochs"], handling=spec.get("handling", "none"))
+    resume = head.Checkpoint.load(Path(spec["resume"])) if spec.get("resume") else None
+    pause = spec.get("pause")
+    model = head.build_head(12, 5, p, seed=3)
+    r = head.fit(model, x, y, p, 3, after_epoch=(lambda e, m: e >= pause) if pause else None, resume=resume,
+                 checkpoint=bool(spec.get("save")))
+    if spec.get("save"):
+        r.checkpoint.save(Path(spec["save"]))
+    return {"weights": [w.tolist() for w in model.get_weights()], "epochs_run": r.epochs_run,
+            "train_time_s": r.train_time_s, "loss": r.history["loss"]}

@@ -149,3 +149,42 @@ def test_class_weights_are_sklearns_balanced_weights():
     assert sum(w[c] * n for c, n in zip(range(3), [60, 30, 10])) == pytest.approx(100)
     # A class missing from the training part gets no weight (it has no samples to weigh).
     assert set(head.class_weights(np.array([0, 0, 2]), 3)) == {0, 2}
+
+
+# ---------------------------------------------------------------- pause and resume from a checkpoint
+
+def _stage(**spec):
+    from search.isolate import run_isolated
+
+    return run_isolated("tests.jobs:head_in_stages", spec, env={"KERAS_BACKEND": "jax"}).result
+
+
+@pytest.mark.parametrize("handling", ["none", "class_weight"])
+def test_a_head_paused_and_resumed_in_fresh_processes_ends_as_one_never_paused(tmp_path, handling):
+    """Epoch 4 of a head paused after epoch 1 and again after 2, each time resumed in a new process from its
+    checkpoint file, equals epoch 4 of one uninterrupted fit: same weights, optimizer state, shuffling, dropout."""
+    whole = _stage(epochs=4, handling=handling)
+    a = _stage(epochs=4, pause=1, save=str(tmp_path / "1.npz"), handling=handling)
+    b = _stage(epochs=4, pause=2, resume=str(tmp_path / "1.npz"), save=str(tmp_path / "2.npz"), handling=handling)
+    c = _stage(epochs=4, resume=str(tmp_path / "2.npz"), handling=handling)
+    assert (a["epochs_run"], b["epochs_run"], c["epochs_run"]) == (1, 1, 2)
+    assert a["loss"] + b["loss"] + c["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    for w, got in zip(whole["weights"], c["weights"], strict=True):
+        np.testing.assert_allclose(np.array(got), np.array(w), rtol=1e-6, atol=1e-7)
+    assert head.Checkpoint.load(tmp_path / "2.npz").epoch == 2
+
+
+def test_a_checkpoint_file_is_written_whole_and_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    np.random.seed(5)
+    ck = head.Checkpoint(3, (rng.normal(size=(4, 2)).astype(np.float32), np.array([7, 126], np.uint32)),
+                         (np.array(12, np.int64), rng.normal(size=(4, 2)).astype(np.float32)), np.random.get_state())
+    ck.save(tmp_path / "c.npz")
+    back = head.Checkpoint.load(tmp_path / "c.npz")
+    assert back.epoch == 3 and [a.dtype for a in back.variables] == [np.float32, np.uint32]
+    assert all(np.array_equal(u, v) for u, v in zip(back.variables + back.optimizer, ck.variables + ck.optimizer))
+    np.random.set_state(back.rng)
+    first = np.random.permutation(50)
+    np.random.set_state(ck.rng)
+    assert np.array_equal(first, np.random.permutation(50))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no temporary file left beside it

@@ -76,12 +76,40 @@ def test_equal_vectors_and_nan_never_dominate():
     assert not epochs.judge(5, [math.nan, 0.1], [[0.9, 0.9], [0.8, 0.8]], [MAX, MAX]).stop
 
 
-def test_top_k_by_fronts():
+def test_fronts_by_non_dominated_sorting():
     v = [[0.5, 0.5], [0.9, 0.9], [0.8, 0.95], [0.1, 0.1], [0.85, 0.85]]
     assert epochs.fronts(v, [MAX, MAX]) == [[1, 2], [4], [0], [3]]
-    assert epochs.top_k(v, [MAX, MAX], 3) == [1, 2, 4]
-    assert epochs.top_k(v, [MAX, MAX], 1) == [1]  # dominates 3 others; trial 2 dominates 3 too, later index
-    assert epochs.top_k(v, [MIN, MIN], 2) == [3, 0]
+    assert epochs.fronts(v, [MIN, MIN]) == [[3], [0], [2, 4], [1]]  # 4 beats 1 on both; 2 and 4 trade off
+
+
+def test_promotion_takes_the_top_third_front_by_front():
+    # 9 trials at a rung, eta 3: the 3 promoted are the first front (2) and the best of the second.
+    v = [[0.50, 0.90], [0.90, 0.50], [0.70, 0.70], [0.45, 0.85], [0.85, 0.45], [0.40, 0.40],
+         [0.30, 0.30], [0.20, 0.20], [0.10, 0.10]]
+    assert epochs.fronts(v, [MAX, MAX])[:2] == [[0, 1, 2], [3, 4]]
+    assert epochs.promotable(v, [MAX, MAX], 3) == [0, 1, 2]
+    assert epochs.promotable(v[:8], [MAX, MAX], 3) == [0, 1]  # 8 // 3: the front's ends before its middle
+    assert epochs.promotable(v, [MAX, MAX], 2) == [0, 1, 2, 3]  # 9 // 2 = 4: front 2 breaks its own tie
+    assert epochs.promotable(v, [MIN, MIN], 3) == [8, 7, 6]  # each objective in its own direction
+
+
+def test_promotion_inside_a_front_prefers_the_spread_out_ends_then_the_earlier_trial():
+    # One front of 5 on a line: its ends have infinite crowding distance, then the wider gap wins.
+    v = [[0.60, 0.40], [0.10, 0.90], [0.50, 0.50], [0.90, 0.10], [0.55, 0.45]]
+    d = epochs.crowding(v, [0, 1, 2, 3, 4])
+    assert d[1] == d[3] == math.inf and d[2] > d[0] and d[2] > d[4]
+    assert epochs.ranked(v, [MAX, MAX])[:3] == [1, 3, 2]
+    same = [[0.5, 0.5]] * 4  # identical vectors: one front, and the earlier trial first
+    assert epochs.ranked(same, [MAX, MAX]) == [0, 3, 1, 2]  # the ends of a zero range, then by index
+
+
+def test_promotion_waits_for_eta_trials_and_never_takes_a_nan():
+    assert epochs.promotable([[0.9, 0.9], [0.1, 0.1]], [MAX, MAX], 3) == []  # fewer than eta at the rung
+    assert epochs.promotable([], [MAX, MAX], 3) == []
+    v = [[math.nan, 0.99], [0.2, 0.2], [0.3, 0.1]]
+    assert epochs.ranked(v, [MAX, MAX])[-1] == 0 and epochs.promotable(v, [MAX, MAX], 3) == [1]
+    with pytest.raises(ValueError, match="eta must be at least 2"):
+        epochs.promotable(v, [MAX, MAX], 1)
 
 
 def test_snapshot_epochs_follow_the_distribution():

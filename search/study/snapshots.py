@@ -33,8 +33,9 @@ A stopped trial's snapshots up to the rung stay COMPLETE trials; the trial itsel
 with ``stopped_at_rung`` and the measures of its run up to the rung.  The rule is conservative next
 to Syne Tune's MOASHA (which promotes the top 1/eta by non-dominated sorting): a trial stops only
 when a majority of earlier ones beat it on every quality objective at once, so a trial that trades
-accuracy for ROC AUC goes on.  ``top_k`` (non-dominated sorting) serves the "keep the top K after
-one epoch" baseline of benchmarks/snapshots.py.
+accuracy for ROC AUC goes on.  ``search.trial.epochs.promotable`` is MOASHA's own rule (the top 1/eta of a rung
+by non-dominated sorting, crowding distance inside a front); it is not yet wired into a study (issue 24: it
+needs paused trials that resume from a checkpoint).
 
 The trial process's side (the ranking rule and ``EpochSnapshots``) is search.trial.epochs, which imports no Optuna.
 """

@@ -7,14 +7,20 @@ speed-up: same seed, same weights, same batches, same predictions.
 ``fit`` times what a trial's resource objectives mean: the whole fit, its
 first call's tracing and compilation, a steady epoch; time spent evaluating
 after each epoch (for curves and snapshots) is measured apart and excluded.
+
+A fit can stop after epoch e with a ``Checkpoint`` and go on later, in another
+process, from it: the resumed head's epoch E equals an uninterrupted E-epoch
+head's (on JAX, the trials' backend; tested).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -108,14 +114,65 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(present, compute_class_weight("balanced", classes=present, y=y))}
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a head paused after ``epoch`` epochs needs to go on as if it had never stopped: its variables (the
+    dropout's seed state among them), Adam's variables, and numpy's RNG state at the start of its last epoch.
+
+    On JAX, Keras shuffles an array with ``np.random.permutation``, one draw per epoch, plus one more on a model's
+    first fit; a fresh model resumed from the state before epoch e's draw spends that extra draw on it, so epoch
+    e + 1 gets the permutation it would have had.  ``tests/test_head.py`` pins this to the installed Keras.
+    """
+    epoch: int
+    variables: tuple[np.ndarray, ...]
+    optimizer: tuple[np.ndarray, ...]
+    rng: tuple[Any, ...]
+
+    def save(self, path: Path) -> None:
+        """Write whole or not at all (a kill mid-write leaves the previous file)."""
+        name, keys, pos, has_gauss, gauss = self.rng
+        arrays = {f"v{i}": a for i, a in enumerate(self.variables)}
+        arrays.update({f"o{i}": a for i, a in enumerate(self.optimizer)})
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, epoch=self.epoch, rng_keys=keys, rng=np.array([pos, has_gauss, gauss]), **arrays,
+                     rng_name=np.array(name))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Checkpoint":
+        with np.load(path) as z:
+            pos, has_gauss, gauss = z["rng"]
+            count = lambda prefix: sum(k.startswith(prefix) and k[1:].isdigit() for k in z.files)  # noqa: E731
+            return cls(int(z["epoch"]), tuple(z[f"v{i}"] for i in range(count("v"))),
+                       tuple(z[f"o{i}"] for i in range(count("o"))),
+                       (str(z["rng_name"]), z["rng_keys"], int(pos), int(has_gauss), float(gauss)))
+
+
+def _restore(model, ck: Checkpoint) -> None:
+    """Put ``ck``'s state into a freshly built and compiled ``model``."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise TrialFailed(f"resuming from a checkpoint needs the jax backend (got {keras.backend.backend()}): "
+                          "other backends shuffle with their own random state")
+    model.optimizer.build(model.trainable_variables)
+    for v, a in zip(model.variables, ck.variables, strict=True):
+        v.assign(a)
+    for v, a in zip(model.optimizer.variables, ck.optimizer, strict=True):
+        v.assign(a)
+    np.random.set_state(ck.rng)
+
+
 @dataclass
 class FitResult:
     train_time_s: float             # the whole fit, evaluation after epochs excluded (the paper's training time)
     compile_time_s: float           # the first call's tracing and compilation, beyond its steady steps
     epoch_time_s: float             # a steady epoch (median of epochs 2..E)
     eval_time_s: float              # spent in ``after_epoch`` (curves, snapshots), not in train_time_s
-    epochs_run: int
+    epochs_run: int                 # epochs of this call (after ``resume.epoch`` when resumed)
     history: dict[str, list[float]] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None  # with ``checkpoint=True``: the state after the last epoch run
 
 
 # after_epoch(epoch, model) -> True to stop training now (early stopping); its time is excluded from training.
@@ -123,11 +180,14 @@ AfterEpoch = Callable[[int, Any], bool]
 
 
 def fit(model, x: Any, y: np.ndarray, p: HeadParams, seed: int, after_epoch: AfterEpoch | None = None,
-        on_epoch: Callable[[int, float], None] = lambda epoch, loss: None, steps: int | None = None) -> FitResult:
-    """Train ``model`` in place for ``p.epochs`` epochs (fewer when ``after_epoch`` stops it).
+        on_epoch: Callable[[int, float], None] = lambda epoch, loss: None, steps: int | None = None,
+        resume: Checkpoint | None = None, checkpoint: bool = False) -> FitResult:
+    """Train ``model`` in place up to epoch ``p.epochs`` (fewer when ``after_epoch`` stops it).
 
     ``x`` is an array, or a ``keras.utils.PyDataset`` (then ``y`` is unused and ``steps`` is
-    its batches per epoch).  A NaN/inf loss fails the trial (TrialFailed, kind "nan").
+    its batches per epoch).  A NaN/inf loss fails the trial (TrialFailed, kind "nan").  ``resume``:
+    go on from a checkpoint of the same parameters, seed and rows, into a freshly built ``model``;
+    ``checkpoint``: return the state after the last epoch run.
     """
     import keras
 
@@ -139,15 +199,19 @@ def fit(model, x: Any, y: np.ndarray, p: HeadParams, seed: int, after_epoch: Aft
     steps = steps or (math.ceil(len(x) / p.batch_size) if is_array else len(x))
     timer = _Timer(after_epoch, on_epoch)
     keras.utils.set_random_seed(seed)
+    if resume is not None:
+        _restore(model, resume)
+    first_epoch = resume.epoch if resume is not None else 0
     start = time.perf_counter()
     model.fit(x, target, batch_size=p.batch_size if is_array else None, epochs=p.epochs, shuffle=True,
-              verbose=0, class_weight=weights if is_array else None,
+              verbose=0, class_weight=weights if is_array else None, initial_epoch=first_epoch,
               callbacks=[keras.callbacks.TerminateOnNaN(), timer])
     elapsed = time.perf_counter() - start
     losses = timer.history["loss"]
-    bad = [i + 1 for i, v in enumerate(losses) if not math.isfinite(v)]
-    if bad or (len(losses) < p.epochs and not timer.stopped):
-        raise TrialFailed(f"training loss became NaN/inf at epoch {bad[0] if bad else len(losses) + 1}", kind="nan")
+    bad = [first_epoch + i + 1 for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad or (first_epoch + len(losses) < p.epochs and not timer.stopped):
+        raise TrialFailed(f"training loss became NaN/inf at epoch {bad[0] if bad else first_epoch + len(losses) + 1}",
+                          kind="nan")
     epochs = timer.history["epoch_time_s"]
     first = min(runtime.STEPS_PER_CALL, steps)  # steps in the first call, which also traces and compiles
     if len(epochs) > 1:
@@ -155,8 +219,12 @@ def fit(model, x: Any, y: np.ndarray, p: HeadParams, seed: int, after_epoch: Aft
     else:  # one epoch: its time without the first call, scaled to a full epoch
         steady = (epochs[0] - timer.first_call_s) * steps / max(steps - first, 1)
     compile_s = max(0.0, timer.first_call_s - steady * first / steps)
+    ck = None
+    if checkpoint and losses:
+        ck = Checkpoint(first_epoch + len(losses), tuple(v.numpy() for v in model.variables),
+                        tuple(v.numpy() for v in model.optimizer.variables), timer.rng_at_last_epoch)
     return FitResult(train_time_s=elapsed - timer.eval_s, compile_time_s=compile_s, epoch_time_s=steady,
-                     eval_time_s=timer.eval_s, epochs_run=len(losses), history=timer.history)
+                     eval_time_s=timer.eval_s, epochs_run=len(losses), history=timer.history, checkpoint=ck)
 
 
 class _Timer:
@@ -182,6 +250,7 @@ class _Timer:
                     self.first_call_s = time.perf_counter() - self._t0
 
             def on_epoch_begin(self, epoch, logs=None):
+                self.rng_at_last_epoch = np.random.get_state()  # before this epoch's shuffle: see Checkpoint
                 self._epoch_start = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):

@@ -57,16 +57,40 @@ def fronts(vectors: Sequence[Sequence[float]], directions: Sequence[str]) -> lis
     return out
 
 
-def top_k(vectors: Sequence[Sequence[float]], directions: Sequence[str], k: int) -> list[int]:
-    """The indices of the ``k`` best vectors: front by front; within the front that is cut, those that
-    dominate the most others first (then the earlier index)."""
-    chosen: list[int] = []
-    for front in fronts(vectors, directions):
-        wins = {i: sum(dominates(vectors[i], v, directions) for v in vectors) for i in front}
-        chosen += sorted(front, key=lambda i: (-wins[i], i))
-        if len(chosen) >= k:
-            break
-    return chosen[:k]
+def crowding(vectors: Sequence[Sequence[float]], front: Sequence[int]) -> dict[int, float]:
+    """NSGA-II's crowding distance of each index of ``front``: the ends of every objective infinite, else the
+    sum over objectives of the gap between its neighbours, as a share of that objective's range in the front
+    (direction plays no part: a gap is a gap)."""
+    out = {i: 0.0 for i in front}
+    for k in range(len(vectors[front[0]]) if front else 0):
+        order = sorted(front, key=lambda i: (vectors[i][k], i))
+        lo, hi = vectors[order[0]][k], vectors[order[-1]][k]
+        out[order[0]] = out[order[-1]] = math.inf
+        for a, i, b in zip(order, order[1:], order[2:]):
+            if hi > lo:
+                out[i] += (vectors[b][k] - vectors[a][k]) / (hi - lo)
+    return out
+
+
+def ranked(vectors: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """Every index, best first: front by front (non-dominated sorting); inside a front, the larger crowding
+    distance first (the spread-out ends of a trade-off before the crowded middle), then the earlier index.
+    A vector with a NaN or infinite value comes after every finite one."""
+    finite = [i for i, v in enumerate(vectors) if all(math.isfinite(x) for x in v)]
+    out: list[int] = []
+    for front in fronts([vectors[i] for i in finite], directions):
+        members = [finite[i] for i in front]
+        dist = crowding(vectors, members)
+        out += sorted(members, key=lambda i: (-dist[i], i))
+    return out + [i for i in range(len(vectors)) if i not in set(finite)]
+
+
+def promotable(vectors: Sequence[Sequence[float]], directions: Sequence[str], eta: int) -> list[int]:
+    """The rung's top 1/eta (MOASHA's promotion rule, Schmucker et al. 2021): the first ``len // eta`` of
+    ``ranked``; none while fewer than ``eta`` trials have reached the rung."""
+    if eta < 2:
+        raise ValueError(f"eta must be at least 2, not {eta}")
+    return ranked(vectors, directions)[:len(vectors) // eta]
 
 
 # ---------------------------------------------------------------- the trial process side
