@@ -146,6 +146,21 @@ def test_an_upload_a_kill_cut_short_is_settled_once_its_trial_has_ended(study, t
             assert f.read() == PNG
 
 
+def test_a_write_outside_a_trial_a_kill_cut_short_is_removed_once_stale(study, tmp_path):
+    import os
+    import time
+
+    url, s = study
+    where = artifacts.prepare(s, url, None)
+    old, new = where / ".a1.p111.tmp", where / ".a2.p222.tmp"  # WholeFileStore.write's names
+    for p in (old, new):
+        p.write_bytes(PNG)
+    hour_ago = time.time() - artifacts.STALE_WRITE_S - 60
+    os.utime(old, (hour_ago, hour_ago))
+    assert artifacts.sweep_leftovers(s, where) == [old.name]  # the fresh one may still be being written
+    assert [p.name for p in where.iterdir()] == [new.name]
+
+
 def test_a_trial_another_process_finished_gets_no_picture_file(study, tmp_path):
     url, s = study
     where, trial = artifacts.prepare(s, url, None), s.ask()

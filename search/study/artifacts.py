@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -150,16 +151,31 @@ def _upload(trial: "optuna.Trial", st: WholeFileStore, path: str) -> str:
     return artifact_id
 
 
+# A write outside a trial (``WholeFileStore.write``: the dashboard's uploads) takes milliseconds; its temporary
+# file is removed once it is older than this, whichever process or machine wrote it.
+STALE_WRITE_S = 3600.0
+
+
 def sweep_leftovers(study: "optuna.Study", artifact_dir: Path | None) -> list[str]:
     """Settle the uploads a kill -9 cut short, once their trial has ended: a recorded picture is renamed into
     place, an unrecorded one removed.  A trial that still runs may still be uploading, so its files stay.
-    Returns the names settled; never raises (the next sweep tries again)."""
+    A write outside a trial left for over STALE_WRITE_S is removed.  Returns the names settled; never raises
+    (the next sweep tries again)."""
     try:
         leftovers = list(Path(artifact_dir).glob(".*.t*.tmp"))
+        stale = [p for p in Path(artifact_dir).glob(".*.p*.tmp") if time.time() - p.stat().st_mtime > STALE_WRITE_S]
     except (OSError, TypeError):
         return []
     storage = compat.storage_of(study)
-    return [tmp.name for tmp in leftovers if _settle(storage, tmp)]
+    return [tmp.name for tmp in leftovers if _settle(storage, tmp)] + [p.name for p in stale if _remove(p)]
+
+
+def _remove(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except OSError:
+        return False
 
 
 def _settle(storage: "optuna.storages.BaseStorage", tmp: Path) -> bool:
