@@ -66,6 +66,7 @@ def _assert_every_failure_retried(trials, target: int) -> list:
 
 # ---------------------------------------------------------------- a trial that never ends
 
+@pytest.mark.slow  # ~10 s: the fast suite stays under 5 minutes
 def test_a_hung_trial_is_killed_at_its_time_limit_retried_then_the_run_stops(tiny):
     """Issue 15: --trial-timeout 5 on a trial that would sleep 60 s."""
     cfg = tiny.config(n_trials=2, **{"[run]": "[run]\nmax_retries = 1\nmax_consecutive_failures = 2"})
@@ -110,6 +111,7 @@ while time.monotonic() < deadline:
 """
 
 
+@pytest.mark.slow  # ~10 s: the fast suite stays under 5 minutes
 def test_a_live_trial_failed_by_another_process_keeps_its_result_and_the_run_goes_on(tiny):
     """Issue 15: what a peer's stale-trial sweep (or a hostname clash) does to a trial that is still running."""
     cfg = tiny.config(n_trials=2)
@@ -352,6 +354,7 @@ def _full_disk_error(r) -> None:
     assert "free space and re-run the same command" in error
 
 
+@pytest.mark.slow  # ~10 s: the fast suite stays under 5 minutes
 def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_space_is_freed(tiny, small_disk):
     storage = f"sqlite:///{small_disk / 'study.db'}"
 

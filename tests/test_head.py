@@ -159,6 +159,7 @@ def _stage(**spec):
     return run_isolated("tests.jobs:head_in_stages", spec, env={"KERAS_BACKEND": "jax"}).result
 
 
+@pytest.mark.slow  # 8 fresh JAX processes, ~35 s
 @pytest.mark.parametrize("handling", ["none", "class_weight"])
 def test_a_head_paused_and_resumed_in_fresh_processes_ends_as_one_never_paused(tmp_path, handling):
     """Epoch 4 of a head paused after epoch 1 and again after 2, each time resumed in a new process from its

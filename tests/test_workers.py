@@ -171,6 +171,7 @@ def scenario_killed_worker(tiny: Tiny, storage: str, name: str = "tiny") -> None
 
 # ---------------------------------------------------------------- tests
 
+@pytest.mark.slow  # ~10 s: the fast suite stays under 5 minutes
 def test_two_workers_share_the_target_each_on_its_own_cores_without_the_url_on_a_command_line(tiny):
     cores = sorted(os.sched_getaffinity(0))
     args = tiny.args(tiny.config(n_trials=6), "--heartbeat", "1", "--workers", "2")
