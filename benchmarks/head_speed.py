@@ -29,8 +29,10 @@ def _features(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         y = rng.integers(0, N_CLASSES, n)
         return rng.standard_normal((n, N_FEATURES), dtype=np.float32) + y[:, None] * 0.1, y
     x, y = load_verified(spec["cache_dir"], spec["key"])
-    reps = -(-n // len(x))  # throughput does not depend on the values
-    return np.ascontiguousarray(np.tile(x, (reps, 1))[:n], np.float32), np.tile(y, reps)[:n]
+    if len(x) < n:  # throughput does not depend on the values: repeat rows up to n
+        reps = -(-n // len(x))
+        x, y = np.tile(x, (reps, 1)), np.tile(y, reps)
+    return np.ascontiguousarray(x[:n], np.float32), y[:n]
 
 
 def _fit(model, x, y, p: head.HeadParams, seed: int) -> list[float]:

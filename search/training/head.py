@@ -134,10 +134,14 @@ class Checkpoint:
         arrays = {f"v{i}": a for i, a in enumerate(self.variables)}
         arrays.update({f"o{i}": a for i, a in enumerate(self.optimizer)})
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, epoch=self.epoch, rng_keys=keys, rng=np.array([pos, has_gauss, gauss]), **arrays,
-                     rng_name=np.array(name))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, epoch=self.epoch, rng_keys=keys, rng=np.array([pos, has_gauss, gauss]), **arrays,
+                         rng_name=np.array(name))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> "Checkpoint":

@@ -82,7 +82,8 @@ def ranked(vectors: Sequence[Sequence[float]], directions: Sequence[str]) -> lis
         members = [finite[i] for i in front]
         dist = crowding(vectors, members)
         out += sorted(members, key=lambda i: (-dist[i], i))
-    return out + [i for i in range(len(vectors)) if i not in set(finite)]
+    kept = set(finite)
+    return out + [i for i in range(len(vectors)) if i not in kept]
 
 
 def promotable(vectors: Sequence[Sequence[float]], directions: Sequence[str], eta: int) -> list[int]:
